@@ -175,7 +175,8 @@ class Gemma4Spec:
 
     # ---- counts ---------------------------------------------------------------------------------------------
     def text_parameter_count(self) -> int:
-        """Parameters of the language model (embedding included once: the LM head is tied)."""
+        """Parameters of the language model (embedding included once: the LM head is tied). `layer_scalar` is a
+        buffer, not a parameter, so it is not counted (as in transformers' and the model card's count)."""
         H, I = self.hidden_size, self.intermediate_size
         n = self.vocab_size * H + H  # embedding + final norm
         for i in self.layer_range:
@@ -183,7 +184,7 @@ class Gemma4Spec:
             q, kv = self.q_size(i), self.kv_size(i)
             n += q * H + kv * H + (kv * H if self.has_v_proj(i) else 0) + H * q  # q, k, v, o
             n += 2 * hd  # q_norm, k_norm
-            n += 3 * H * I + 4 * H + 1  # mlp, four norms, layer_scalar
+            n += 3 * H * I + 4 * H  # mlp, four norms
         return n
 
     # ---- (de)serialization ----------------------------------------------------------------------------------

@@ -85,3 +85,15 @@ def fused_rows(sizes: list[int] | tuple[int, ...]) -> int:
     """Total rows of a fused weight (the last component is not padded beyond its own size)."""
     segs = fused_segments(sizes)
     return segs[-1][0] + segs[-1][1]
+
+
+# KV-cache scales. ModelOpt writes amax/448 of the post-norm (post-RoPE) K and V as float32 0-D tensors named after
+# k_proj / v_proj (research/modelopt.md §2.4); a global K=V layer has v_proj.v_scale although it has no v_proj.
+HF_K_SCALE = "self_attn.k_proj.k_scale"
+HF_V_SCALE = "self_attn.v_proj.v_scale"
+# TRT-LLM side: stock gpt_attention takes one merged scale (max of the two); our global plugin keeps K and V apart.
+KV_SCALE_TENSORS: dict[str, str] = {
+    "attention.k_cache_scaling_factor": HF_K_SCALE,
+    "attention.v_cache_scaling_factor": HF_V_SCALE,
+}
+KV_MERGED_SCALE = "attention.kv_cache_scaling_factor"

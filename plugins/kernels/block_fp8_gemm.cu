@@ -1,0 +1,832 @@
+// Block-FP8 weight-only GEMM kernels. Interface, numerics and constraints: block_fp8_gemm.cuh.
+//
+// Two kernels, both on mma.sync.m16n8k16 (BF16 in, FP32 accumulate) with the WEIGHTS as the A operand (the
+// 16-row side) and the TOKENS as the B operand (the 8-column side), so M = 1 wastes at most 7/8 of the tensor
+// math (irrelevant: small M is memory-bound) and M needs no padding to 16:
+//
+//  * streamKernel (small M): no shared memory on the main path. Each thread loads its weight bytes with
+//    16-byte non-allocating global loads straight into registers, one k-block ahead of the math, converts them
+//    to BF16 fragments in registers and feeds the tensor cores. Warps of a CTA share 16-row weight groups and
+//    split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums.
+//  * tiledKernel (larger M): classic multi-stage cp.async pipeline; weight (FP8) and token (BF16) tiles in
+//    shared memory, each warp converts its own weight fragments from shared memory.
+//
+// ---- The K permutation that makes 16-byte weight loads line up with the mma fragment -------------------------
+// The m16n8k16 A fragment wants, for thread (g = lane/4, t = lane%4), the elements of rows g and g+8 at logical
+// k ∈ {2t, 2t+1, 2t+8, 2t+9}: 2-byte pieces, useless for streaming. But a dot product does not care in which
+// order k is visited, as long as A and B use the same order. So within each 64-wide k chunk we DEFINE
+//     mma step j (0..3), thread t:  logical k {2t, 2t+1, 2t+8, 2t+9}  <->  physical k 16t + 4j + {0, 2, 1, 3}
+// which is a bijection of the 64 positions onto 4 mma steps. Thread (g, t) then needs physical bytes
+// [16t, 16t+16) of rows g and g+8: ONE 16-byte load per row per 64-k chunk, covering 4 mma steps; the 4 lanes of
+// a quad read 64 contiguous bytes of a row. The B fragment (tokens) needs the same permutation: thread (g, t)
+// loads 16 contiguous BF16 of token g (32 bytes) and picks (x0, x2) and (x1, x3) with two PRMTs.
+// The odd {0, 2, 1, 3} order is what the FP8->BF16 bit trick below produces for free.
+//
+// ---- FP8 (E4M3) -> BF16 conversion, 4 values per 32-bit word ---------------------------------------------------
+// E4M3 = s eeee mmm (bias 7); BF16 = s eeeeeeee mmmmmmm (bias 127). Put an FP8 byte in the HIGH byte of a 16-bit
+// lane, keep the sign bit (bit 15) and shift the 7 exponent+mantissa bits right by 4: they land in the low 4 bits
+// of the BF16 exponent and the top 3 mantissa bits. The result is the same number times 2^(7-127) = 2^-120, for
+// normals and subnormals alike (BF16 has the exponent range to hold every E4M3 value exactly). On a word
+// q = [b0 b1 b2 b3] (b0 = lowest address = lowest k):
+//     hi(q) = (q & 0x80008000) | ((q & 0x7F007F00) >> 4)   -> BF16x2 (b1, b3)
+//     lo(q) = hi(q << 8)                                   -> BF16x2 (b0, b2)
+// i.e. the pairs (k+0, k+2) and (k+1, k+3): exactly the {0, 2, 1, 3} order above. The 2^-120 is undone with one
+// exact BF16x2 multiply by 2^120 (fma.rn.bf16x2 with -0 addend) per pair. Folding 2^120 into the FP32 scale
+// instead would save that multiply but would push products of small weights and activations into the FP32
+// subnormal range inside the tensor core, so we pay the multiply. Cost: ~7 integer ops + 2 HFMA2 per 4 values;
+// the slow conversion pipe (cvt.f16x2.e4m3x2, + cvt to bf16) is not used.
+//
+// ---- Scales --------------------------------------------------------------------------------------------------
+// One FP32 scale per 128x128 weight block. Weight tiles never straddle a 128-row block (16-row groups, BN ≤ 128
+// aligned), and each k-block of 128 is one scale, so a warp needs one scale per (row group, k-block):
+//  * streamKernel: fresh FP32 partial accumulators per k-block, then acc += s * partial (FFMA per accumulator).
+//  * tiledKernel: too many accumulators for a second set, so acc is kept in units of the current block scale:
+//    acc *= s_prev / s_cur when the scale changes, acc *= s_last at the end; blocks with s = 0 are skipped.
+
+#include "block_fp8_gemm.cuh"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+
+namespace trt_gemma4 {
+namespace {
+
+constexpr int kBlock = 128;              // scale block edge
+constexpr uint32_t kBf16x2Pow120 = 0x7B807B80u;  // BF16 2^120 = exponent 127+120 = 0xF7, in both halves
+constexpr uint32_t kBf16x2NegZero = 0x80008000u;
+
+// --------------------------------------------------------------------------------------------------------------
+// Small device helpers (all sm_80+ PTX).
+
+__device__ __forceinline__ uint32_t fp8x2HiToBf16x2(uint32_t q) {
+    // Bytes 1 and 3 of q -> BF16x2 scaled by 2^-120 (see the header comment).
+    return (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
+}
+
+__device__ __forceinline__ uint32_t bf16x2Mul(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(kBf16x2NegZero));
+    return d;
+}
+
+// Converts the 4 FP8 values of q to the two BF16x2 fragment registers (k+0, k+2) and (k+1, k+3), exactly.
+__device__ __forceinline__ void fp8x4ToBf16Frag(uint32_t q, uint32_t& even, uint32_t& odd) {
+    even = bf16x2Mul(fp8x2HiToBf16x2(q << 8), kBf16x2Pow120);
+    odd = bf16x2Mul(fp8x2HiToBf16x2(q), kBf16x2Pow120);
+}
+
+// Two BF16x2 words holding x[k+0..3] -> the B fragment registers (x0, x2) and (x1, x3).
+__device__ __forceinline__ void bf16x4ToFrag(uint32_t x01, uint32_t x23, uint32_t& even, uint32_t& odd) {
+    even = __byte_perm(x01, x23, 0x5410);
+    odd = __byte_perm(x01, x23, 0x7632);
+}
+
+__device__ __forceinline__ void mmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 16-byte streaming load of weights: read once, so do not allocate in L1 (keeps L1 for the activations); ask L2
+// to fetch the whole 256-byte segment (the neighbouring warps of the CTA read the rest of it next).
+__device__ __forceinline__ void ldgStream128(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "l"(p));
+}
+
+// 16-byte cached load of activations (re-read by every warp that works on the same k range).
+__device__ __forceinline__ void ldgCached128(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
+}
+
+__device__ __forceinline__ void lds128(uint32_t (&r)[4], const void* p) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// cp.async of 16 bytes, zero-filled when !valid (src-size 0: nothing is read).
+__device__ __forceinline__ void cpAsync16(void* smemDst, const void* src, bool valid) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smemDst));
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+__device__ __forceinline__ void zero4(uint32_t (&r)[4]) { r[0] = r[1] = r[2] = r[3] = 0u; }
+
+// Programmatic dependent launch (sm_90+). Our kernels are launched with programmatic stream serialization, so a
+// GEMM may start while the previous kernel in the stream is still running. Weights and scales are constants and
+// are read before waiting; activations are read and outputs/workspace written only after waitForPrerequisite(),
+// which returns once the previous grid has completed and its memory is visible. allowDependents() lets the next
+// kernel's CTAs start their own weight prefetch during our tail. Both are no-ops without the launch attribute
+// and compile to nothing before sm_90.
+__device__ __forceinline__ void waitForPrerequisite() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// --------------------------------------------------------------------------------------------------------------
+// streamKernel: small M.
+//
+// Grid: x = token tiles of 8*NT (fastest, so the CTAs that share weight rows run back to back and the second
+// reads them from L2), y = weight row tiles of 16*RG, z = split-K. Block: `warps` warps; all warps own the same
+// 16*RG rows and the same tokens and take k-blocks round-robin (warp w of split z does k-blocks
+// z*warps + w, + warps*splits, ...), so at any moment the warps of a CTA read neighbouring 128-byte pieces of
+// the same rows. A k-block is prefetched into the other register buffer while the current one is multiplied.
+// At the end the warps' accumulators are summed through shared memory.
+
+template <int NT, int RG>
+struct StreamFrag {
+    uint32_t w[RG][2][2][4];  // [row group][row g / g+8][64-k chunk][word] : 16 FP8 per (row, chunk)
+    uint32_t x[NT][2][2][4];  // [token tile][64-k chunk][half][word]     : 16 BF16 per (token, chunk)
+    float s[RG];              // block scale per row group
+};
+
+template <int NT, int RG, int DEPTH>
+__global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
+                                                    const uint8_t* __restrict__ W, const float* __restrict__ S,
+                                                    __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
+                                                    int M, int N, int K) {
+    extern __shared__ float red[];
+    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const int warps = blockDim.x >> 5;
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int m0 = blockIdx.x * (8 * NT);
+    const int n0 = blockIdx.y * (16 * RG);
+    const int split = blockIdx.z;
+    const int stride = warps * gridDim.z;
+
+    // Per-thread base pointers; invalid rows/tokens point at element 0 and are never dereferenced.
+    const uint8_t* wRow[RG];
+    const float* sRow[RG];
+    bool rowOk[RG];
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+        rowOk[r] = n0 + 16 * r < N;  // N % 16 == 0: a 16-row group is all in or all out
+        const int row = rowOk[r] ? n0 + 16 * r + g : 0;
+        wRow[r] = W + static_cast<size_t>(row) * K + 16 * t;
+        sRow[r] = S + static_cast<size_t>(rowOk[r] ? (n0 + 16 * r) / kBlock : 0) * kBlocks;
+    }
+    const __nv_bfloat16* xRow[NT];
+    bool tokOk[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int tok = m0 + 8 * nt + g;
+        tokOk[nt] = tok < M;
+        xRow[nt] = X + static_cast<size_t>(tokOk[nt] ? tok : 0) * K + 16 * t;
+    }
+
+    // Weights and scales of k-block kb (constants: may be read before the previous kernel finished).
+    auto loadW = [&](StreamFrag<NT, RG>& f, int kb) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const int k = kb * kBlock + 64 * c;
+            const bool kOk = k + 16 * t < K;  // K % 16 == 0: a thread's 16 values are all in or all out
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+                if (kOk && rowOk[r]) {
+                    ldgStream128(f.w[r][0][c], wRow[r] + k);
+                    ldgStream128(f.w[r][1][c], wRow[r] + k + static_cast<size_t>(8) * K);
+                } else {
+                    zero4(f.w[r][0][c]);
+                    zero4(f.w[r][1][c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RG; ++r) f.s[r] = rowOk[r] ? __ldg(sRow[r] + kb) : 0.f;
+    };
+    // Activations of k-block kb (only after waitForPrerequisite()).
+    auto loadX = [&](StreamFrag<NT, RG>& f, int kb) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const int k = kb * kBlock + 64 * c;
+            const bool kOk = k + 16 * t < K;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                if (kOk && tokOk[nt]) {
+                    ldgCached128(f.x[nt][c][0], xRow[nt] + k);
+                    ldgCached128(f.x[nt][c][1], xRow[nt] + k + 8);
+                } else {
+                    zero4(f.x[nt][c][0]);
+                    zero4(f.x[nt][c][1]);
+                }
+            }
+        }
+    };
+
+    float acc[RG][NT][4];
+#pragma unroll
+    for (int r = 0; r < RG; ++r)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[r][nt][i] = 0.f;
+
+    auto compute = [&](const StreamFrag<NT, RG>& f) {
+        float part[RG][NT][4];
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) part[r][nt][i] = 0.f;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                uint32_t b0[NT], b1[NT];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+                    bf16x4ToFrag(f.x[nt][c][j >> 1][(j & 1) * 2], f.x[nt][c][j >> 1][(j & 1) * 2 + 1], b0[nt],
+                                 b1[nt]);
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    uint32_t a0, a1, a2, a3;  // a0/a2: row g, a1/a3: row g+8 (fragment register order)
+                    fp8x4ToBf16Frag(f.w[r][0][c][j], a0, a2);
+                    fp8x4ToBf16Frag(f.w[r][1][c][j], a1, a3);
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) mmaBf16(part[r][nt], a0, a1, a2, a3, b0[nt], b1[nt]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[r][nt][i] = fmaf(f.s[r], part[r][nt][i], acc[r][nt][i]);
+    };
+
+    // Register ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a
+    // compile-time constant in the unrolled inner loop, so the buffers stay in registers.
+    StreamFrag<NT, RG> buf[DEPTH];
+    int kb = split * warps + warp;
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; ++d)
+        if (kb + d * stride < kBlocks) loadW(buf[d], kb + d * stride);
+    waitForPrerequisite();
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; ++d)
+        if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
+    bool done = kb >= kBlocks;
+    while (!done) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+            if (kb >= kBlocks) {
+                done = true;
+                break;
+            }
+            const int kf = kb + (DEPTH - 1) * stride;  // refill the slot consumed one step ago
+            if (kf < kBlocks) {
+                loadW(buf[(d + DEPTH - 1) % DEPTH], kf);
+                loadX(buf[(d + DEPTH - 1) % DEPTH], kf);
+            }
+            compute(buf[d]);
+            kb += stride;
+        }
+    }
+    allowDependents();
+
+    // Accumulator element e = (r*NT + nt)*4 + i of lane `ln` is C(row, token) of the m16n8 fragment:
+    // i = 0,1 -> row g, tokens 2t, 2t+1; i = 2,3 -> row g+8.
+    constexpr int kElems = RG * NT * 4;
+    auto store = [&](int e, int ln, float v) {
+        const int r = e / (NT * 4);
+        const int nt = (e / 4) % NT;
+        const int i = e % 4;
+        const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
+        const int tok = m0 + 8 * nt + 2 * (ln & 3) + (i & 1);
+        if (row < N && tok < M) {
+            if (gridDim.z == 1) {
+                Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
+            } else {
+                partial[(static_cast<size_t>(split) * M + tok) * N + row] = v;
+            }
+        }
+    };
+    if (warps == 1) {
+#pragma unroll
+        for (int e = 0; e < kElems; ++e) store(e, lane, (&acc[0][0][0])[e]);
+        return;
+    }
+    // Layout red[warp][e][lane]: conflict-free writes, and the reduction below reads consecutive lanes.
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0][0])[e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
+        float v = 0.f;
+        for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
+        store(idx >> 5, idx & 31, v);
+    }
+}
+
+// Sums the split-K FP32 partials [splits][M][N] and writes BF16, 4 outputs per thread.
+__global__ void splitKReduceKernel(const float* __restrict__ partial, __nv_bfloat16* __restrict__ Y, size_t mn,
+                                   int splits) {
+    waitForPrerequisite();
+    allowDependents();
+    const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+    if (i >= mn) return;
+    float4 acc = *reinterpret_cast<const float4*>(partial + i);
+    for (int z = 1; z < splits; ++z) {
+        const float4 p = *reinterpret_cast<const float4*>(partial + z * mn + i);
+        acc.x += p.x;
+        acc.y += p.y;
+        acc.z += p.z;
+        acc.w += p.w;
+    }
+    __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x, acc.y);
+    __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z, acc.w);
+    uint2 out;
+    out.x = *reinterpret_cast<uint32_t*>(&lo);
+    out.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(Y + i) = out;
+}
+
+// --------------------------------------------------------------------------------------------------------------
+// tiledKernel: larger M.
+//
+// CTA tile BN weight rows x BM tokens, one 128-wide k-block per pipeline stage (so one scale per stage: BN ≤ 128
+// and the tile is aligned, hence inside one 128-row scale block). Warps form a (BN/WN) x (BM/WM) grid.
+// Shared memory per stage:
+//   W tile: BN rows x 128 B (FP8). 16-byte chunk c of row r is stored at chunk c ^ ((r & 1) << 2). A quarter
+//           warp's LDS.128 reads rows g, g+1 (one even, one odd) at chunks t or 4+t: the swizzle puts the odd row
+//           on the other 4 chunks, so the 8 addresses hit 32 distinct banks.
+//   X tile: BM rows x 256 B (BF16). Chunk c of row r is stored at c ^ (r & 1); reads are chunks 2t + h of rows
+//           g, g+1, the swizzle moves the odd row by one chunk: conflict-free again.
+// Rows/tokens/k beyond the edges are zero-filled by cp.async (src-size 0).
+
+template <int BN_, int BM_, int WN_, int WM_, int STAGES_>
+struct TiledShape {
+    static constexpr int BN = BN_, BM = BM_, WN = WN_, WM = WM_, STAGES = STAGES_;
+    static constexpr int WARPS_N = BN / WN, WARPS_M = BM / WM, WARPS = WARPS_N * WARPS_M, THREADS = WARPS * 32;
+    static constexpr int RGS = WN / 16, NTS = WM / 8;
+    static constexpr int W_STAGE = BN * kBlock, X_STAGE = BM * kBlock * 2, STAGE = W_STAGE + X_STAGE;
+    static constexpr int SMEM = STAGE * STAGES;
+    static_assert(BN <= kBlock && kBlock % BN == 0, "a CTA tile must sit inside one 128-row scale block");
+    static_assert(WN % 16 == 0 && WM % 8 == 0, "warp tile must be whole mma tiles");
+};
+
+template <class T>
+__global__ void __launch_bounds__(T::THREADS) tiledKernel(const __nv_bfloat16* __restrict__ X,
+                                                          const uint8_t* __restrict__ W, const float* __restrict__ S,
+                                                          __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
+                                                          int M, int N, int K) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const int m0 = blockIdx.x * T::BM;
+    const int n0 = blockIdx.y * T::BN;
+    const int split = blockIdx.z;
+    const int kbBegin = static_cast<int>(static_cast<long long>(kBlocks) * split / gridDim.z);
+    const int kbEnd = static_cast<int>(static_cast<long long>(kBlocks) * (split + 1) / gridDim.z);
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5;
+    const int lane = tid & 31;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int wn = warp % T::WARPS_N;
+    const int wm = warp / T::WARPS_N;
+    const float* sRow = S + static_cast<size_t>(n0 / kBlock) * kBlocks;
+
+    auto loadStage = [&](int slot, int kb) {
+        uint8_t* ws = smem + slot * T::STAGE;
+        uint8_t* xs = ws + T::W_STAGE;
+        const int kBase = kb * kBlock;
+#pragma unroll
+        for (int i = tid; i < T::BN * 8; i += T::THREADS) {
+            const int r = i >> 3, c = i & 7;
+            const int row = n0 + r, k = kBase + 16 * c;
+            const bool ok = row < N && k < K;
+            cpAsync16(ws + r * 128 + ((c ^ ((r & 1) << 2)) << 4), ok ? W + static_cast<size_t>(row) * K + k : W, ok);
+        }
+#pragma unroll
+        for (int i = tid; i < T::BM * 16; i += T::THREADS) {
+            const int r = i >> 4, c = i & 15;
+            const int tok = m0 + r, k = kBase + 8 * c;
+            const bool ok = tok < M && k < K;
+            cpAsync16(xs + r * 256 + ((c ^ (r & 1)) << 4), ok ? X + static_cast<size_t>(tok) * K + k : X, ok);
+        }
+    };
+
+    float acc[T::RGS][T::NTS][4];
+#pragma unroll
+    for (int r = 0; r < T::RGS; ++r)
+#pragma unroll
+        for (int nt = 0; nt < T::NTS; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[r][nt][i] = 0.f;
+
+    auto compute = [&](int slot) {
+        const uint8_t* ws = smem + slot * T::STAGE;
+        const uint8_t* xs = ws + T::W_STAGE;
+#pragma unroll
+        for (int kc = 0; kc < 2; ++kc) {
+            uint32_t a[T::RGS][2][4];  // raw FP8: [row group][row g / g+8][word j]
+#pragma unroll
+            for (int rg = 0; rg < T::RGS; ++rg)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int r = wn * T::WN + rg * 16 + g + 8 * hh;
+                    lds128(a[rg][hh], ws + r * 128 + (((kc * 4 + t) ^ ((r & 1) << 2)) << 4));
+                }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                uint32_t b[T::NTS][4];  // BF16 x[16t + 8h .. +7] of token g of each token tile
+#pragma unroll
+                for (int nt = 0; nt < T::NTS; ++nt) {
+                    const int r = wm * T::WM + nt * 8 + g;
+                    lds128(b[nt], xs + r * 256 + (((kc * 8 + 2 * t + h) ^ (r & 1)) << 4));
+                }
+#pragma unroll
+                for (int jj = 0; jj < 2; ++jj) {
+                    const int j = 2 * h + jj;
+                    uint32_t b0[T::NTS], b1[T::NTS];
+#pragma unroll
+                    for (int nt = 0; nt < T::NTS; ++nt) bf16x4ToFrag(b[nt][2 * jj], b[nt][2 * jj + 1], b0[nt], b1[nt]);
+#pragma unroll
+                    for (int rg = 0; rg < T::RGS; ++rg) {
+                        uint32_t a0, a1, a2, a3;
+                        fp8x4ToBf16Frag(a[rg][0][j], a0, a2);
+                        fp8x4ToBf16Frag(a[rg][1][j], a1, a3);
+#pragma unroll
+                        for (int nt = 0; nt < T::NTS; ++nt) mmaBf16(acc[rg][nt], a0, a1, a2, a3, b0[nt], b1[nt]);
+                    }
+                }
+            }
+        }
+    };
+
+    waitForPrerequisite();
+#pragma unroll
+    for (int s = 0; s < T::STAGES - 1; ++s) {
+        if (kbBegin + s < kbEnd) loadStage(s, kbBegin + s);
+        cpAsyncCommit();
+    }
+    float unit = 0.f;  // acc holds sum / unit (see "Scales" at the top)
+    for (int kb = kbBegin, it = 0; kb < kbEnd; ++kb, ++it) {
+        cpAsyncWait<T::STAGES - 2>();
+        __syncthreads();  // stage `it` landed for everyone; stage it-1 is free for the next prefetch
+        const int pf = kb + T::STAGES - 1;
+        if (pf < kbEnd) loadStage((it + T::STAGES - 1) % T::STAGES, pf);
+        cpAsyncCommit();
+        const float s = __ldg(sRow + kb);
+        if (s != 0.f) {  // CTA-uniform branch
+            if (unit != 0.f && s != unit) {
+                const float ratio = unit / s;
+#pragma unroll
+                for (int r = 0; r < T::RGS; ++r)
+#pragma unroll
+                    for (int nt = 0; nt < T::NTS; ++nt)
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) acc[r][nt][i] *= ratio;
+            }
+            unit = s;
+            compute(it % T::STAGES);
+        }
+    }
+    cpAsyncWait<0>();
+    allowDependents();
+
+#pragma unroll
+    for (int rg = 0; rg < T::RGS; ++rg)
+#pragma unroll
+        for (int nt = 0; nt < T::NTS; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = n0 + wn * T::WN + rg * 16 + g + ((i & 2) ? 8 : 0);
+                const int tok = m0 + wm * T::WM + nt * 8 + 2 * t + (i & 1);
+                if (row < N && tok < M) {
+                    const float v = acc[rg][nt][i] * unit;
+                    if (gridDim.z == 1) {
+                        Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
+                    } else {
+                        partial[(static_cast<size_t>(split) * M + tok) * N + row] = v;
+                    }
+                }
+            }
+}
+
+using Tile0 = TiledShape<128, 64, 64, 32, 4>;
+using Tile1 = TiledShape<128, 128, 64, 64, 3>;
+using Tile2 = TiledShape<64, 64, 32, 32, 4>;
+using Tile3 = TiledShape<128, 256, 64, 64, 2>;
+// Warps side by side along N only, so that each weight is converted once per CTA and the token tile in shared
+// memory is read by all warps (memory-bound mid M).
+using Tile4 = TiledShape<128, 64, 32, 64, 4>;
+using Tile5 = TiledShape<128, 32, 32, 32, 4>;
+
+// --------------------------------------------------------------------------------------------------------------
+// Dequantize to BF16 [N, K]: 16 weights per thread (one 16-byte load, two 16-byte stores). w·s is computed in
+// FP32 and rounded once to BF16, like the eager reference (q.float() * s).bfloat16().
+
+__global__ void dequantKernel(const uint8_t* __restrict__ W, const float* __restrict__ S, __nv_bfloat16* __restrict__ Wout,
+                              int N, int K) {
+    const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 16;
+    const size_t total = static_cast<size_t>(N) * K;
+    if (i >= total) return;
+    const int n = static_cast<int>(i / K);
+    const int k = static_cast<int>(i % K);
+    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const float s = __ldg(S + static_cast<size_t>(n / kBlock) * kBlocks + k / kBlock);
+    uint32_t q[4];
+    ldgStream128(q, W + i);
+    uint32_t out[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        // hi/lo give (b1, b3) and (b0, b2) scaled by 2^-120; BF16 -> FP32 is a 16-bit shift.
+        const uint32_t lo = fp8x2HiToBf16x2(q[w] << 8), hi = fp8x2HiToBf16x2(q[w]);
+        const float v0 = __uint_as_float(lo << 16) * 0x1p120f * s;
+        const float v2 = __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s;
+        const float v1 = __uint_as_float(hi << 16) * 0x1p120f * s;
+        const float v3 = __uint_as_float(hi & 0xFFFF0000u) * 0x1p120f * s;
+        __nv_bfloat162 p01 = __floats2bfloat162_rn(v0, v1);
+        __nv_bfloat162 p23 = __floats2bfloat162_rn(v2, v3);
+        out[2 * w] = *reinterpret_cast<uint32_t*>(&p01);
+        out[2 * w + 1] = *reinterpret_cast<uint32_t*>(&p23);
+    }
+    uint4* dst = reinterpret_cast<uint4*>(Wout + i);
+    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+// Split dequantization for callers that run the GEMM in BF16 but must keep the FP32-scale accuracy:
+// v = q·s (FP32), hi = bf16(v), lo = bf16(v - hi), written as row n = [hi(0..K-1) | lo(0..K-1)] of a [N, 2K]
+// matrix. Then [X | X] · [Whi | Wlo]ᵀ, one BF16 GEMM with K' = 2K and FP32 accumulation, equals X · (hi + lo)ᵀ,
+// and hi + lo carries 16 significant bits of w·s (error ~2^-17, far below the BF16 output rounding).
+__global__ void dequantSplitKernel(const uint8_t* __restrict__ W, const float* __restrict__ S,
+                                   __nv_bfloat16* __restrict__ Wout, int N, int K) {
+    const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 16;
+    const size_t total = static_cast<size_t>(N) * K;
+    if (i >= total) return;
+    const int n = static_cast<int>(i / K);
+    const int k = static_cast<int>(i % K);
+    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const float s = __ldg(S + static_cast<size_t>(n / kBlock) * kBlocks + k / kBlock);
+    uint32_t q[4];
+    ldgStream128(q, W + i);
+    uint32_t hiOut[8], loOut[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        const uint32_t lo = fp8x2HiToBf16x2(q[w] << 8), hi = fp8x2HiToBf16x2(q[w]);
+        const float v[4] = {__uint_as_float(lo << 16) * 0x1p120f * s, __uint_as_float(hi << 16) * 0x1p120f * s,
+                            __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s,
+                            __uint_as_float(hi & 0xFFFF0000u) * 0x1p120f * s};  // k+0, k+1, k+2, k+3
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * p], v[2 * p + 1]);
+            __nv_bfloat162 l = __floats2bfloat162_rn(v[2 * p] - __low2float(h), v[2 * p + 1] - __high2float(h));
+            hiOut[2 * w + p] = *reinterpret_cast<uint32_t*>(&h);
+            loOut[2 * w + p] = *reinterpret_cast<uint32_t*>(&l);
+        }
+    }
+    uint4* dstHi = reinterpret_cast<uint4*>(Wout + static_cast<size_t>(n) * 2 * K + k);
+    uint4* dstLo = reinterpret_cast<uint4*>(Wout + static_cast<size_t>(n) * 2 * K + K + k);
+    dstHi[0] = make_uint4(hiOut[0], hiOut[1], hiOut[2], hiOut[3]);
+    dstHi[1] = make_uint4(hiOut[4], hiOut[5], hiOut[6], hiOut[7]);
+    dstLo[0] = make_uint4(loOut[0], loOut[1], loOut[2], loOut[3]);
+    dstLo[1] = make_uint4(loOut[4], loOut[5], loOut[6], loOut[7]);
+}
+
+// --------------------------------------------------------------------------------------------------------------
+// Host side.
+
+int smCount() {
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    return sms;
+}
+
+int ceilDiv(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+struct TileDims {
+    int bn, bm;
+};
+TileDims tileDims(int tile) {
+    switch (tile) {
+        case 0: return {Tile0::BN, Tile0::BM};
+        case 1: return {Tile1::BN, Tile1::BM};
+        case 2: return {Tile2::BN, Tile2::BM};
+        case 3: return {Tile3::BN, Tile3::BM};
+        case 4: return {Tile4::BN, Tile4::BM};
+        default: return {Tile5::BN, Tile5::BM};
+    }
+}
+
+// Programmatic dependent launch is used on sm_90+ unless TRT_GEMMA4_NO_PDL=1 (debugging aid).
+bool usePdl() {
+    static const bool envOff = [] {
+        const char* v = std::getenv("TRT_GEMMA4_NO_PDL");
+        return v != nullptr && v[0] == '1';
+    }();
+    if (envOff) return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    return major >= 9;
+}
+
+template <class... KArgs, class... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = usePdl() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+template <class T>
+cudaError_t launchTiled(dim3 grid, const __nv_bfloat16* X, const uint8_t* W, const float* S, __nv_bfloat16* Y,
+                        float* partial, int M, int N, int K, cudaStream_t stream) {
+    cudaError_t err = cudaFuncSetAttribute(tiledKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(tiledKernel<T>, grid, T::THREADS, T::SMEM, stream, X, W, S, Y, partial, M, N, K);
+}
+
+template <int NT, int RG, int DEPTH>
+cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uint8_t* W, const float* S,
+                         __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+    const int smem = warps > 1 ? warps * RG * NT * 4 * 32 * static_cast<int>(sizeof(float)) : 0;
+    return launch(streamKernel<NT, RG, DEPTH>, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
+}
+
+// Measured dispatch: bench/NOTES_gemm.md has the sweep (scripts/bench_gemm.py --tune) these rules summarize.
+constexpr int kDequantMinM = 512;  // callers with a BF16 GEMM: split-dequantize + cuBLAS from here
+
+// Smallest power-of-two split-K (≤ cap) that gives the grid at least `targetCtas` CTAs, keeping at least
+// `minBlocks` k-blocks per split.
+int chooseSplits(int ctas, int targetCtas, int cap, int kBlocks, int minBlocks) {
+    int splits = 1;
+    while (2 * splits <= cap && ctas * splits < targetCtas && kBlocks >= minBlocks * 2 * splits) splits *= 2;
+    return splits;
+}
+
+}  // namespace
+
+BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
+    const int sms = smCount();
+    const int kBlocks = ceilDiv(K, kBlock);
+    const long long weightBytes = static_cast<long long>(N) * K;
+    BlockFp8GemmConfig c;
+    // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
+    if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20))) {
+        c.kernel = BlockFp8GemmKernel::kStream;
+        c.tile = M <= 8 ? 1 : (M <= 16 ? 2 : 4);
+        c.rowGroups = c.tile == 2 ? 2 : 1;           // M ≤ 16: two row groups share each activation fragment
+        c.warps = (c.tile == 4 || N >= 8192) ? 4 : 8;  // many row tiles: fewer, longer k-streams per CTA
+        c.depth = (c.tile == 1 && N >= 24576) ? 3 : 2;
+        const int ctas = ceilDiv(N, 16 * c.rowGroups) * ceilDiv(M, 8 * c.tile);
+        c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
+        return c;
+    }
+    c.kernel = BlockFp8GemmKernel::kTiled;
+    if (M <= 64) {
+        c.tile = 5;  // 128 x 32, warps side by side along N
+        const TileDims d = tileDims(c.tile);
+        const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
+        c.splits = chooseSplits(ctas, (18 * sms) / 10, M <= 32 ? 8 : 4, kBlocks, 2);
+    } else if (M <= 128) {
+        c.tile = 1;  // 128 x 128
+        const TileDims d = tileDims(c.tile);
+        const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
+        // Still memory-bound: a split's FP32 partials (written, read back) must stay small next to the weights.
+        const int trafficCap = std::max(1, K / (8 * M));
+        c.splits = chooseSplits(ctas, (18 * sms) / 10, std::min(4, trafficCap), kBlocks, 2);
+    } else {
+        c.tile = 3;  // 128 x 256, 8 warps
+        const TileDims d = tileDims(c.tile);
+        const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
+        c.splits = chooseSplits(ctas, (9 * sms) / 10, 4, kBlocks, 4);
+    }
+    return c;
+}
+
+size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
+    if (config.splits <= 1) return 0;
+    return static_cast<size_t>(config.splits) * M * N * sizeof(float);
+}
+
+size_t blockFp8WoGemmWorkspace(int M, int N, int K) {
+    return blockFp8WoGemmWorkspaceFor(blockFp8WoGemmDefaultConfig(M, N, K), M, N, K);
+}
+
+bool blockFp8WoGemmPrefersDequant(int M, int /*N*/, int /*K*/) { return M >= kDequantMinM; }
+
+cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* Wq, const float* S,
+                                     __nv_bfloat16* Y, int M, int N, int K, const BlockFp8GemmConfig& config,
+                                     void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+    if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
+    if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
+    if (config.splits < 1 || config.splits > 16) return cudaErrorInvalidValue;
+    const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
+    float* partial = nullptr;
+    if (config.splits > 1) {
+        if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
+            return cudaErrorInvalidValue;
+        partial = static_cast<float*>(workspace);
+    }
+    cudaError_t err = cudaSuccess;
+    if (config.kernel == BlockFp8GemmKernel::kStream) {
+        const int nt = config.tile, rg = config.rowGroups, warps = config.warps, depth = config.depth;
+        if (warps < 1 || warps > 8) return cudaErrorInvalidValue;
+        const dim3 grid(ceilDiv(M, 8 * nt), ceilDiv(N, 16 * rg), config.splits);
+        if (grid.x > 2147483647u || grid.y > 65535u) return cudaErrorInvalidValue;
+        bool found = false;
+#define TRT_GEMMA4_STREAM_CASE(NT_, RG_, DEPTH_)                                                                 \
+    if (!found && nt == NT_ && rg == RG_ && depth == DEPTH_) {                                                   \
+        found = true;                                                                                            \
+        err = launchStream<NT_, RG_, DEPTH_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);                 \
+    }
+        TRT_GEMMA4_STREAM_CASE(1, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(1, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(1, 1, 4)
+        TRT_GEMMA4_STREAM_CASE(1, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(1, 2, 3)
+        TRT_GEMMA4_STREAM_CASE(2, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(2, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(2, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(4, 1, 2)
+#undef TRT_GEMMA4_STREAM_CASE
+        if (!found) return cudaErrorInvalidValue;
+    } else if (config.kernel == BlockFp8GemmKernel::kTiled) {
+        if (config.tile < 0 || config.tile >= kBlockFp8TiledTiles) return cudaErrorInvalidValue;
+        const TileDims d = tileDims(config.tile);
+        const dim3 grid(ceilDiv(M, d.bm), ceilDiv(N, d.bn), config.splits);
+        if (grid.y > 65535u) return cudaErrorInvalidValue;
+        switch (config.tile) {
+            case 0: err = launchTiled<Tile0>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+            case 1: err = launchTiled<Tile1>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+            case 2: err = launchTiled<Tile2>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+            case 3: err = launchTiled<Tile3>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+            case 4: err = launchTiled<Tile4>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+            default: err = launchTiled<Tile5>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+        }
+    } else {
+        return cudaErrorInvalidValue;
+    }
+    if (err != cudaSuccess || config.splits == 1) return err;
+    const size_t mn = static_cast<size_t>(M) * N;
+    const int threads = 256;
+    return launch(splitKReduceKernel, dim3(ceilDiv(static_cast<long long>(mn / 4), threads)), threads, 0, stream,
+                  static_cast<const float*>(partial), Y, mn, config.splits);
+}
+
+cudaError_t blockFp8WoGemm(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Y, int M,
+                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+    return blockFp8WoGemmWithConfig(X, W, S, Y, M, N, K, blockFp8WoGemmDefaultConfig(M, N, K), workspace,
+                                    workspaceBytes, stream);
+}
+
+cudaError_t blockFp8Dequantize(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,
+                               cudaStream_t stream) {
+    if (N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0 || !W || !S || !Wout || !aligned16(W) || !aligned16(Wout))
+        return cudaErrorInvalidValue;
+    const size_t total = static_cast<size_t>(N) * K;
+    const int threads = 256;
+    dequantKernel<<<ceilDiv(static_cast<long long>(total / 16), threads), threads, 0, stream>>>(
+        reinterpret_cast<const uint8_t*>(W), S, Wout, N, K);
+    return cudaGetLastError();
+}
+
+}  // namespace trt_gemma4
+
+namespace trt_gemma4 {
+
+cudaError_t blockFp8DequantizeSplit(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,
+                                    cudaStream_t stream) {
+    if (N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0 || !W || !S || !Wout || !aligned16(W) || !aligned16(Wout))
+        return cudaErrorInvalidValue;
+    const size_t total = static_cast<size_t>(N) * K;
+    const int threads = 256;
+    dequantSplitKernel<<<ceilDiv(static_cast<long long>(total / 16), threads), threads, 0, stream>>>(
+        reinterpret_cast<const uint8_t*>(W), S, Wout, N, K);
+    return cudaGetLastError();
+}
+
+}  // namespace trt_gemma4

@@ -1,0 +1,97 @@
+// Block-FP8 weight-only GEMM (W8A16): Y = X · dequant(W, S)ᵀ.
+//
+//   X  bf16            [M, K]   row-major activations
+//   W  float8_e4m3fn   [N, K]   row-major weights, the plain checkpoint layout (no offline re-layout)
+//   S  float32         [ceil(N/128), ceil(K/128)]   one scale per 128x128 weight block, w ≈ q · s
+//   Y  bf16            [M, N]   row-major
+//
+// Constraints: M ≥ 1; N and K multiples of 16 (partial 128-blocks at the right/bottom edges are allowed and
+// read as zero-padded); X, W, Y 16-byte aligned; S contiguous.
+//
+// Numerics: the FP8 weights are converted exactly to BF16 (every E4M3 value, subnormals included, is a BF16
+// value), the products run on the BF16 tensor cores (mma.sync m16n8k16) with FP32 accumulation, and the FP32
+// block scale is applied to FP32 partial sums — never folded into BF16 weights — so w·s is NOT rounded to BF16:
+//   * the streaming kernel (small M) accumulates each 128-wide K block into fresh FP32 registers and then does
+//     acc += s · partial (DeepGEMM-style promotion);
+//   * the tiled kernel (larger M) keeps its accumulator in units of the current block's scale and rescales it
+//     by s_prev / s_cur (one FP32 multiply per accumulator per K block) when the scale changes, multiplying by the
+//     last scale at the end. This is exact up to FP32 rounding, provided neighbouring block scales of one
+//     128-row block are within ~1e30 of each other (true for any real checkpoint: s = amax / 448).
+// An E4M3 NaN byte (0x7F/0xFF) is not propagated (it decodes to ±480); checkpoints never hold NaN.
+//
+// Only sm_80+ instructions are used (mma.sync bf16, cp.async, fma.rn.bf16x2), so the same source builds for
+// sm_80, sm_90(a), sm_100 and sm_120; on sm_90+ the kernels also use programmatic dependent launch
+// (griddepcontrol, guarded by __CUDA_ARCH__) so that a GEMM's weight prefetch overlaps the previous kernel's tail. The dispatch tables (tile shapes, split-K, strategy thresholds) were
+// measured on H100/H200 (sm_90); other architectures get the same tables, untuned.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace trt_gemma4 {
+
+// Which kernel a configuration runs.
+enum class BlockFp8GemmKernel : int {
+    kStream = 1,  // register-only weight streaming, weights straight from HBM into mma fragments (small M)
+    kTiled = 2,   // cp.async multi-stage shared-memory tiles (larger M)
+};
+
+// Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.
+//   tile  BN(weight rows) BM(tokens) warp tile (rows x tokens) stages
+//   0     128             64          64 x 32                   4
+//   1     128             128         64 x 64                   3
+//   2     64              64          32 x 32                   4
+//   3     128             256         64 x 64 (8 warps)         2
+//   4     128             64          32 x 64                   4
+//   5     128             32          32 x 32                   4
+constexpr int kBlockFp8TiledTiles = 6;
+
+// One launch configuration. Produced by blockFp8WoGemmDefaultConfig (measured dispatch) or set by hand for
+// benchmarking/tuning (blockFp8WoGemmWithConfig).
+struct BlockFp8GemmConfig {
+    BlockFp8GemmKernel kernel = BlockFp8GemmKernel::kStream;
+    int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above)
+    int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
+    int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
+    int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass
+    int depth = 3;      // stream only: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4)
+};
+
+// The measured default configuration for a problem size on the current device.
+BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K);
+
+// Workspace bytes blockFp8WoGemm needs for (M, N, K) with the default configuration on the current device
+// (0 when no split-K is used). For a hand-set configuration use blockFp8WoGemmWorkspaceFor.
+size_t blockFp8WoGemmWorkspace(int M, int N, int K);
+size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int K);
+
+// Y = X · dequant(W, S)ᵀ with the default configuration. Returns cudaErrorInvalidValue for bad sizes, alignment
+// or a too-small workspace, else the launch status (asynchronous errors surface later, as usual).
+cudaError_t blockFp8WoGemm(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Y, int M,
+                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream);
+
+// Same with an explicit configuration (benchmarks and tuning).
+cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S,
+                                     __nv_bfloat16* Y, int M, int N, int K, const BlockFp8GemmConfig& config,
+                                     void* workspace, size_t workspaceBytes, cudaStream_t stream);
+
+// Dequantize to BF16 [N, K] (w·s computed in FP32 and rounded once to BF16, exactly the eager reference's BF16
+// weight). Not used by the dispatch: a GEMM on it adds ~1.4e-3 relative error (w·s rounding) to the ~1.7e-3 of
+// the BF16 output rounding.
+cudaError_t blockFp8Dequantize(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,
+                               cudaStream_t stream);
+
+// Strategy for very large M, where cuBLAS BF16 on tensor cores (wgmma) outruns our mma.sync kernels even at twice
+// the work: write Wout [N, 2K] = [hi | lo] with hi = bf16(w·s), lo = bf16(w·s - hi); the caller then runs ONE
+// BF16 GEMM [X | X] · Woutᵀ (K' = 2K, FP32 accumulation), which keeps ~16 bits of w·s. Workspace 4·N·K bytes.
+cudaError_t blockFp8DequantizeSplit(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,
+                                    cudaStream_t stream);
+
+// True where that split-dequantize + cuBLAS path measured faster than our kernels (large M). Callers that own a
+// BF16 GEMM (the torch op, the TensorRT plugin) follow it; blockFp8WoGemm itself always runs our kernels.
+bool blockFp8WoGemmPrefersDequant(int M, int N, int K);
+
+}  // namespace trt_gemma4

@@ -1,0 +1,873 @@
+// Gemma-4 paged attention kernels. API and KV layout: gemma4_attention.cuh.
+//
+// Design (one kernel for every request kind):
+// * A CTA owns one KV head and a tile of BM = 16*MT "query rows", a row being (new token, q head of the group).
+//   For the 12B global layer (16 q heads, 1 KV head) one decode token fills exactly one 16-row MMA tile, so each
+//   K/V tile is read from memory once for all 16 heads (MQA).
+// * K/V tiles of BN = 64 tokens are copied raw (FP8 bytes) into shared memory with cp.async, STAGES deep, and
+//   converted to the MMA type in registers while building fragments: FP8 E4M3 -> f16 is exact (every e4m3 value
+//   is an f16 value), so FP8 caches run f16 MMAs with the KV scales applied to the fp32 results; BF16 caches run
+//   bf16 MMAs.
+// * 8 warps. S = Q K^T: warp w owns the 8 tokens [8w, 8w+8) of the tile and all of head_dim. O += P V: warp w owns
+//   head_dim/8 output dims. The online-softmax max and sum are exchanged through shared memory (three barriers a
+//   tile).
+// * Long sequences are split across CTAs (grid.z, "flash-decoding"); a combine kernel merges the partial results.
+//
+// Fragment layout tricks (mma.sync m16n8k16, thread = (g = lane/4, t4 = lane%4)):
+// * The contraction order of an MMA is free as long as A and B agree. For S = Q K^T a thread loads 8 contiguous
+//   K dims [32c + 8*t4, +8) of its token in one 8-byte read and uses them as the k-slots {2t4, 2t4+1, 2t4+8, 2t4+9}
+//   of two consecutive MMAs; the Q fragment is read with the same permutation (one 16-byte read per row).
+// * For O += P V the k index is the token. V rows are token-major and 1 byte wide, which ldmatrix cannot
+//   transpose, so the thread's four k-slots map to tokens {t4, t4+4, t4+8, t4+12} (conflict-free rows) and the
+//   output n index is permuted too: n-tile nt, column n maps to dim base + NTG*n + nt, so one 4-byte read gives the
+//   same token's dims for NTG = 4 n-tiles. P is written to shared memory in the matching permuted order.
+// * Shared-memory rows are padded (K/V: +32 bytes, Q: +64 bytes) so that the 8-byte and 16-byte fragment reads of
+//   a warp hit distinct banks.
+#include "gemma4_attention.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace trt_gemma4 {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBN = 64;          // KV tokens per tile
+constexpr int kMaxSplits = 256;  // bound on KV splits per sequence
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Small device helpers
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (tokens outside the range a CTA may read).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Two e4m3 bytes (low byte -> low half) to f16x2; exact. One cvt instruction on sm_89+.
+__device__ __forceinline__ uint32_t fp8x2_to_f16x2(uint32_t two_bytes) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
+    return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+template <bool kF16>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+    if constexpr (kF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+// Pack two fp32 into the MMA's 16-bit pair type (low element first).
+template <bool kF16>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    if constexpr (kF16) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    } else {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+}
+template <bool kF16>
+__device__ __forceinline__ uint16_t to16(float x) {
+    if constexpr (kF16) {
+        return __half_as_ushort(__float2half_rn(x));
+    } else {
+        return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+    }
+}
+
+// Address arithmetic of the paged cache, shared by the write and attention kernels.
+struct KvAddr {
+    const uint8_t* pool;
+    const int32_t* block_offsets;
+    int64_t unit_bytes;   // pool_heads * T * head_size * esz
+    int64_t plane_bytes;  // T * head_size * esz
+    int32_t row_bytes;    // head_size * esz
+    int32_t max_blocks;
+    int32_t lip2;
+    int32_t t_shift;      // log2(tokens_per_block)
+    int32_t head_size;
+    int32_t planes;       // head_dim / head_size
+    int32_t cyclic_len;
+    int32_t esz;
+
+    // Byte address of element (kv, kv_head, dim d) of logical position pos of sequence b. d must not cross a plane.
+    __device__ __forceinline__ const uint8_t* at(int b, int kv, int pos, int kv_head, int d) const {
+        const int slot = cyclic_len > 0 ? pos % cyclic_len : pos;
+        const int64_t unit =
+            static_cast<int64_t>(block_offsets[(static_cast<int64_t>(b) * 2 + kv) * max_blocks + (slot >> t_shift)]) +
+            lip2;
+        const int plane = kv_head * planes + d / head_size;
+        return pool + unit * unit_bytes + plane * plane_bytes +
+               static_cast<int64_t>(slot & ((1 << t_shift) - 1)) * row_bytes +
+               static_cast<int64_t>(d % head_size) * esz;
+    }
+};
+
+KvAddr make_addr(const PagedKv& kv, int head_dim) {
+    KvAddr a{};
+    a.pool = static_cast<const uint8_t*>(kv.pool);
+    a.block_offsets = kv.block_offsets;
+    a.esz = kv.dtype == KvDtype::kFp8E4M3 ? 1 : 2;
+    a.plane_bytes = static_cast<int64_t>(kv.tokens_per_block) * kv.head_size * a.esz;
+    a.unit_bytes = a.plane_bytes * kv.pool_heads;
+    a.row_bytes = kv.head_size * a.esz;
+    a.max_blocks = kv.max_blocks_per_seq;
+    a.lip2 = kv.layer_in_pool * 2;
+    int s = 0;
+    while ((1 << s) < kv.tokens_per_block) ++s;
+    a.t_shift = s;
+    a.head_size = kv.head_size;
+    a.planes = head_dim / kv.head_size;
+    a.cyclic_len = kv.cyclic_len;
+    return a;
+}
+
+__device__ __forceinline__ int find_sequence(const int32_t* cu, int batch, int token) {
+    int lo = 0, hi = batch - 1;  // largest b with cu[b] <= token
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (cu[mid] <= token) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// K/V write: one warp per new token. Lane l owns dims [l*E, l*E+E) and their RoPE partners [D/2 + l*E, +E).
+
+template <int D, bool kFp8>
+__global__ void __launch_bounds__(128) write_global_kv_kernel(KvAddr addr, TokenBatch tb, const __nv_bfloat16* k_raw,
+                                                              const float* __restrict__ k_norm_weight,
+                                                              const float* __restrict__ inv_freq, float eps,
+                                                              float k_quant, float v_quant) {
+    constexpr int E = D / 64;
+    const int lane = threadIdx.x & 31;
+    const int token = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (token >= tb.num_tokens) return;
+    const int b = find_sequence(tb.cu_q_lens, tb.batch, token);
+    const int q_len = tb.cu_q_lens[b + 1] - tb.cu_q_lens[b];
+    const int pos = tb.kv_lens[b] - q_len + (token - tb.cu_q_lens[b]);
+
+    float lo[E], hi[E];
+    const __nv_bfloat16* x = k_raw + static_cast<int64_t>(token) * D;
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        lo[e] = __bfloat162float(x[lane * E + e]);
+        hi[e] = __bfloat162float(x[D / 2 + lane * E + e]);
+        ss += lo[e] * lo[e] + hi[e] * hi[e];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float rstd = 1.0f / sqrtf(ss / D + eps);
+
+    float vlo[E], vhi[E], klo[E], khi[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const int d = lane * E + e;
+        vlo[e] = lo[e] * rstd;
+        vhi[e] = hi[e] * rstd;
+        const float a = vlo[e] * k_norm_weight[d];
+        const float c = vhi[e] * k_norm_weight[d + D / 2];
+        float sn = 0.f, cs = 1.f;
+        if (inv_freq != nullptr) sincosf(static_cast<float>(pos) * inv_freq[d], &sn, &cs);
+        klo[e] = a * cs - c * sn;
+        khi[e] = c * cs + a * sn;
+    }
+
+    // E contiguous dims never cross a plane (head_size is a multiple of 64 >= E).
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int d0 = half * (D / 2) + lane * E;
+        const float* kx = half ? khi : klo;
+        const float* vx = half ? vhi : vlo;
+        uint8_t* kp = const_cast<uint8_t*>(addr.at(b, 0, pos, 0, d0));
+        uint8_t* vp = const_cast<uint8_t*>(addr.at(b, 1, pos, 0, d0));
+#pragma unroll
+        for (int e = 0; e < E; e += 2) {
+            if constexpr (kFp8) {
+                // Saturating round-to-nearest-even, like torch's clamp(-448, 448).to(float8_e4m3fn).
+                const __nv_fp8x2_storage_t kq = __nv_cvt_float2_to_fp8x2(
+                    make_float2(kx[e] * k_quant, kx[e + 1] * k_quant), __NV_SATFINITE, __NV_E4M3);
+                const __nv_fp8x2_storage_t vq = __nv_cvt_float2_to_fp8x2(
+                    make_float2(vx[e] * v_quant, vx[e + 1] * v_quant), __NV_SATFINITE, __NV_E4M3);
+                *reinterpret_cast<__nv_fp8x2_storage_t*>(kp + e) = kq;
+                *reinterpret_cast<__nv_fp8x2_storage_t*>(vp + e) = vq;
+            } else {
+                *reinterpret_cast<__nv_bfloat162*>(kp + 2 * e) = __floats2bfloat162_rn(kx[e], kx[e + 1]);
+                *reinterpret_cast<__nv_bfloat162*>(vp + 2 * e) = __floats2bfloat162_rn(vx[e], vx[e + 1]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention
+
+struct AttnParams {
+    KvAddr addr;
+    TokenBatch tb;
+    const __nv_bfloat16* q;
+    __nv_bfloat16* out;
+    const float* inv_freq;
+    const int32_t* q_positions;
+    float* ws_o;    // [splits][num_tokens * num_q_heads][D] unnormalised partial outputs
+    float2* ws_ml;  // [splits][num_tokens * num_q_heads] (running max, running sum)
+    int32_t num_q_heads;
+    int32_t group;
+    int32_t window;
+    int32_t num_splits;
+    int32_t split_tiles;  // KV tiles per split
+    int32_t qtiles;       // query tiles per sequence in the grid (grid.x = batch * qtiles)
+    float qk_scale;       // scale * k_scale (FP8) or scale (BF16)
+    float v_scale;
+};
+
+// Shared memory of one CTA: Q tile, STAGES x (K tile + V tile), P tile, max/sum exchange.
+constexpr int attn_smem_bytes(int D, int esz, int MT, int stages) {
+    return 16 * MT * (D * 2 + 64) + stages * 2 * kBN * (D * esz + 32) + 16 * MT * kBN * 2 + 2 * kWarps * 16 * MT * 4;
+}
+
+template <int D, bool kFp8, int MT, int STAGES>
+struct AttnCfg {
+    static constexpr int BM = 16 * MT;
+    static constexpr int kEsz = kFp8 ? 1 : 2;
+    static constexpr int kKvRow = D * kEsz + 32;  // padded shared row (bytes): row stride = 32 mod 128
+    static constexpr int kQRow = D * 2 + 64;      // padded shared row (bytes): row stride = 64 mod 128
+    static constexpr int kDW = D / kWarps;        // output dims per warp
+    static constexpr int kGW = kDW >= 32 ? 32 : kDW;
+    static constexpr int kNTG = kGW / 8;          // n-tiles sharing one V read
+    static constexpr int kGroups = kDW / kGW;
+    static constexpr int kQBytes = BM * kQRow;
+    static constexpr int kTileBytes = kBN * kKvRow;
+    static constexpr int kStageBytes = 2 * kTileBytes;
+    static constexpr int kPBytes = BM * kBN * 2;
+    static constexpr int kRedBytes = 2 * kWarps * BM * 4;
+    static constexpr int kSmem = kQBytes + STAGES * kStageBytes + kPBytes + kRedBytes;
+    static_assert(kSmem == attn_smem_bytes(D, kEsz, MT, STAGES), "shared-memory layout");
+    static_assert(D % 64 == 0 && kDW % 8 == 0, "head_dim must be a multiple of 64");
+};
+
+template <int D, bool kFp8, int MT, int STAGES>
+__global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const AttnParams p) {
+    using C = AttnCfg<D, kFp8, MT, STAGES>;
+    constexpr bool kF16 = kFp8;  // MMA operand type: f16 for FP8 caches (exact conversion), bf16 for BF16 caches
+    constexpr int BM = C::BM;
+    extern __shared__ __align__(128) uint8_t smem[];
+    uint8_t* q_s = smem;
+    uint8_t* kv_s = smem + C::kQBytes;
+    uint16_t* p_s = reinterpret_cast<uint16_t*>(kv_s + STAGES * C::kStageBytes);
+    float* red_max = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(p_s) + C::kPBytes);
+    float* red_sum = red_max + kWarps * BM;
+
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int b = blockIdx.x / p.qtiles;
+    const int qtile = blockIdx.x % p.qtiles;
+    const int kv_head = blockIdx.y;
+    const int split = blockIdx.z;
+    const int G = p.group;
+
+    const int q_begin = p.tb.cu_q_lens[b];
+    const int q_len = p.tb.cu_q_lens[b + 1] - q_begin;
+    const int kv_len = p.tb.kv_lens[b];
+    const int row0 = qtile * BM;
+    if (row0 >= q_len * G) return;  // tile beyond this sequence's rows (grid sized for the longest)
+    const bool draft = p.q_positions != nullptr;
+
+    // Causal limit (last visible key) of new token i; the window opens at limit - window + 1.
+    auto limit_of = [&](int i) { return draft ? kv_len - 1 : kv_len - q_len + i; };
+    auto lo_of = [&](int i) { return p.window > 0 ? max(0, limit_of(i) - p.window + 1) : 0; };
+    const int tok_first = row0 / G;
+    const int tok_last = min(q_len * G - 1, row0 + BM - 1) / G;
+    const int j_lo = lo_of(tok_first);
+    const int j_hi = min(limit_of(tok_last), kv_len - 1);
+    const int tile_first = j_lo / kBN;
+    const int n_tiles_all = j_hi >= j_lo ? j_hi / kBN - tile_first + 1 : 0;
+    const int my_first = split * p.split_tiles;
+    const int n_tiles = max(0, min(n_tiles_all - my_first, p.split_tiles));
+
+    // ---- Q tile: RoPE in fp32, then rounded to the MMA type. Rows past the sequence's tokens are zeros.
+    {
+        constexpr int kChunks = D / 2 / 8;  // 8-dim chunks per half row
+        for (int w = tid; w < BM * kChunks; w += kThreads) {
+            const int r = w / kChunks, c = w % kChunks;
+            const int row = row0 + r;
+            const int i = row / G;
+            uint4 lo_out = make_uint4(0, 0, 0, 0), hi_out = make_uint4(0, 0, 0, 0);
+            if (i < q_len) {
+                const int head = kv_head * G + row % G;
+                const __nv_bfloat16* src =
+                    p.q + (static_cast<int64_t>(q_begin + i) * p.num_q_heads + head) * D + c * 8;
+                const uint4 lo_raw = *reinterpret_cast<const uint4*>(src);
+                const uint4 hi_raw = *reinterpret_cast<const uint4*>(src + D / 2);
+                const __nv_bfloat16* lo_h = reinterpret_cast<const __nv_bfloat16*>(&lo_raw);
+                const __nv_bfloat16* hi_h = reinterpret_cast<const __nv_bfloat16*>(&hi_raw);
+                const int pos = draft ? p.q_positions[b] : kv_len - q_len + i;
+                uint16_t lo16[8], hi16[8];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    const float a = __bfloat162float(lo_h[e]);
+                    const float h = __bfloat162float(hi_h[e]);
+                    float sn = 0.f, cs = 1.f;
+                    if (p.inv_freq != nullptr) sincosf(static_cast<float>(pos) * p.inv_freq[c * 8 + e], &sn, &cs);
+                    lo16[e] = to16<kF16>(a * cs - h * sn);
+                    hi16[e] = to16<kF16>(h * cs + a * sn);
+                }
+                lo_out = *reinterpret_cast<uint4*>(lo16);
+                hi_out = *reinterpret_cast<uint4*>(hi16);
+            }
+            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + c * 16) = lo_out;
+            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + D + c * 16) = hi_out;
+        }
+    }
+
+    // ---- K/V tile loader: tile t (relative to this split's first) into stage st; keys outside [j_lo, j_hi] are
+    // zero-filled so that stale or never-written cache bytes (possibly NaN patterns) never reach an MMA.
+    // Each thread always copies the same 16-byte column chunk of rows ld_row, ld_row + kRowsPerPass, ..., so its
+    // plane/dim offset is computed once, the ring slot advances by addition (one modulo per tile), and the address
+    // is one 32x32->64-bit multiply-add: issuing the copies must stay cheap next to the MMA work of a tile.
+    constexpr int kChunksPerRow = D * C::kEsz / 16;
+    static_assert(kThreads % kChunksPerRow == 0, "a row's chunks must divide the CTA");
+    constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+    const int ld_chunk = tid % kChunksPerRow;
+    const int ld_row = tid / kChunksPerRow;
+    const KvAddr& A = p.addr;
+    const int ld_dim_off = [&] {
+        const int d = ld_chunk * 16 / C::kEsz;
+        return (kv_head * A.planes + d / A.head_size) * static_cast<int>(A.plane_bytes) + (d % A.head_size) * C::kEsz;
+    }();
+    const int unit_bytes = static_cast<int>(A.unit_bytes);
+    const int32_t* k_offsets = A.block_offsets + static_cast<int64_t>(b) * 2 * A.max_blocks;
+    const int32_t* v_offsets = k_offsets + A.max_blocks;
+    const int t_mask = (1 << A.t_shift) - 1;
+    const int cyc = A.cyclic_len;
+    auto load_tile = [&](int t, int st) {
+        uint8_t* k_dst = kv_s + st * C::kStageBytes + ld_row * C::kKvRow + ld_chunk * 16;
+        uint8_t* v_dst = k_dst + C::kTileBytes;
+        const int j_first = (tile_first + my_first + t) * kBN + ld_row;
+        int slot = cyc > 0 ? j_first % cyc : j_first;
+#pragma unroll
+        for (int k = 0; k < kBN / kRowsPerPass; ++k) {
+            const int j = j_first + k * kRowsPerPass;
+            const bool ok = j >= j_lo && j <= j_hi;
+            const uint8_t* ks = A.pool;
+            const uint8_t* vs = A.pool;
+            if (ok) {
+                const int blk = slot >> A.t_shift;
+                const int in_unit = (slot & t_mask) * A.row_bytes + ld_dim_off;
+                ks = A.pool + static_cast<int64_t>(k_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+                vs = A.pool + static_cast<int64_t>(v_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+            }
+            cp_async_16(k_dst + k * kRowsPerPass * C::kKvRow, ks, ok ? 16 : 0);
+            cp_async_16(v_dst + k * kRowsPerPass * C::kKvRow, vs, ok ? 16 : 0);
+            slot += kRowsPerPass;
+            if (cyc > 0 && slot >= cyc) slot -= cyc;  // cyclic_len >= kRowsPerPass (checked on the host)
+        }
+    };
+
+    // Per-thread rows: (mt, h) -> row 16*mt + g + 8*h of the tile.
+    int row_lim[MT][2], row_lo[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int i = (row0 + 16 * mt + g + 8 * h) / G;
+            row_lim[mt][h] = i < q_len ? min(limit_of(i), kv_len - 1) : -1;
+            row_lo[mt][h] = i < q_len ? lo_of(i) : 0;
+        }
+
+    float o_acc[MT][C::kGroups][C::kNTG][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int gi = 0; gi < C::kGroups; ++gi)
+#pragma unroll
+            for (int nt = 0; nt < C::kNTG; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) o_acc[mt][gi][nt][e] = 0.f;
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            m_run[mt][h] = -INFINITY;
+            l_run[mt][h] = 0.f;
+        }
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+
+    for (int t = 0; t < n_tiles; ++t) {
+        const int st = t % STAGES;
+        if constexpr (STAGES == 1) {
+            load_tile(t, 0);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+        } else {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();  // tile t landed for every thread; the stage refilled below was consumed at t-1
+            if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+            cp_async_commit();
+        }
+        const uint8_t* k_s = kv_s + st * C::kStageBytes;
+        const uint8_t* v_s = k_s + C::kTileBytes;
+        const int j0 = (tile_first + my_first + t) * kBN;
+
+        // ---- S = Q K^T for this warp's 8 tokens. Four independent accumulator chains per m-tile (MMA of the even /
+        // odd half of each 32-dim chunk, even / odd chunk) so that consecutive MMAs do not wait on each other: with
+        // one CTA per SM, a single dependent chain of D/16 MMAs would set the time of a tile.
+        float s_part[MT][4][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int ch = 0; ch < 4; ++ch)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s_part[mt][ch][e] = 0.f;
+        const uint8_t* k_row = k_s + (warp * 8 + g) * C::kKvRow;
+#pragma unroll 4
+        for (int c = 0; c < D / 32; ++c) {
+            uint32_t kb[4];
+            if constexpr (kFp8) {
+                const uint2 raw = *reinterpret_cast<const uint2*>(k_row + c * 32 + t4 * 8);
+                kb[0] = fp8x2_to_f16x2(raw.x);
+                kb[1] = fp8x2_to_f16x2(raw.x >> 16);
+                kb[2] = fp8x2_to_f16x2(raw.y);
+                kb[3] = fp8x2_to_f16x2(raw.y >> 16);
+            } else {
+                const uint4 raw = *reinterpret_cast<const uint4*>(k_row + (c * 32 + t4 * 8) * 2);
+                kb[0] = raw.x; kb[1] = raw.y; kb[2] = raw.z; kb[3] = raw.w;
+            }
+            const int ch = (c & 1) * 2;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const uint4 qa = *reinterpret_cast<const uint4*>(q_s + (16 * mt + g) * C::kQRow + (c * 32 + t4 * 8) * 2);
+                const uint4 qb =
+                    *reinterpret_cast<const uint4*>(q_s + (16 * mt + g + 8) * C::kQRow + (c * 32 + t4 * 8) * 2);
+                mma_16816<kF16>(s_part[mt][ch], qa.x, qb.x, qa.y, qb.y, kb[0], kb[1]);
+                mma_16816<kF16>(s_part[mt][ch + 1], qa.z, qb.z, qa.w, qb.w, kb[2], kb[3]);
+            }
+        }
+        float s_acc[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                s_acc[mt][e] = (s_part[mt][0][e] + s_part[mt][1][e]) + (s_part[mt][2][e] + s_part[mt][3][e]);
+
+        // ---- Scale, mask, tile row max.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int j = j0 + warp * 8 + 2 * t4 + e;
+                    float& s = s_acc[mt][2 * h + e];
+                    s = (j >= row_lo[mt][h] && j <= row_lim[mt][h]) ? s * p.qk_scale : -INFINITY;
+                    mx = fmaxf(mx, s);
+                }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                if (t4 == 0) red_max[warp * BM + 16 * mt + g + 8 * h] = mx;
+            }
+        __syncthreads();
+
+        // ---- New running max, P = exp(S - m) into shared memory (permuted, see top), tile row sums.
+        float alpha[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = 16 * mt + g + 8 * h;
+                float m_new = m_run[mt][h];
+#pragma unroll
+                for (int w = 0; w < kWarps; ++w) m_new = fmaxf(m_new, red_max[w * BM + r]);
+                const float m_use = m_new == -INFINITY ? 0.f : m_new;
+                alpha[mt][h] = exp2f((m_run[mt][h] - m_use) * kLog2e);
+                m_run[mt][h] = m_new;
+                float sum = 0.f;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float pv = exp2f((s_acc[mt][2 * h + e] - m_use) * kLog2e);
+                    sum += pv;
+                    const int tk = warp * 8 + 2 * t4 + e;  // token within the tile
+                    const int kc = tk >> 4, w16 = tk & 15;
+                    p_s[((r * (kBN / 16) + kc) * 4 + (w16 & 3)) * 4 + (w16 >> 2)] = to16<kF16>(pv);
+                }
+                sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+                if (t4 == 0) red_sum[warp * BM + r] = sum;
+            }
+        __syncthreads();
+
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = 16 * mt + g + 8 * h;
+                float sum = 0.f;
+#pragma unroll
+                for (int w = 0; w < kWarps; ++w) sum += red_sum[w * BM + r];
+                l_run[mt][h] = l_run[mt][h] * alpha[mt][h] + sum;
+#pragma unroll
+                for (int gi = 0; gi < C::kGroups; ++gi)
+#pragma unroll
+                    for (int nt = 0; nt < C::kNTG; ++nt) {
+                        o_acc[mt][gi][nt][2 * h] *= alpha[mt][h];
+                        o_acc[mt][gi][nt][2 * h + 1] *= alpha[mt][h];
+                    }
+            }
+
+        // ---- O += P V over this warp's output dims.
+#pragma unroll
+        for (int kc = 0; kc < kBN / 16; ++kc) {
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const uint2 x = *reinterpret_cast<const uint2*>(p_s + (((16 * mt + g) * (kBN / 16) + kc) * 4 + t4) * 4);
+                const uint2 y =
+                    *reinterpret_cast<const uint2*>(p_s + (((16 * mt + g + 8) * (kBN / 16) + kc) * 4 + t4) * 4);
+                pa[mt][0] = x.x; pa[mt][1] = y.x; pa[mt][2] = x.y; pa[mt][3] = y.y;
+            }
+#pragma unroll
+            for (int gi = 0; gi < C::kGroups; ++gi) {
+                const int dbase = warp * C::kDW + gi * C::kGW + C::kNTG * g;
+                // This thread's 4 tokens, kNTG consecutive dims each (up to 8 bytes: two words).
+                uint32_t lo[4], hi[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const uint8_t* src = v_s + (kc * 16 + t4 + 4 * e) * C::kKvRow + dbase * C::kEsz;
+                    constexpr int kBytes = C::kNTG * C::kEsz;
+                    hi[e] = 0;
+                    if constexpr (kBytes == 8) {
+                        const uint2 w = *reinterpret_cast<const uint2*>(src);
+                        lo[e] = w.x;
+                        hi[e] = w.y;
+                    } else if constexpr (kBytes == 4) {
+                        lo[e] = *reinterpret_cast<const uint32_t*>(src);
+                    } else if constexpr (kBytes == 2) {
+                        lo[e] = *reinterpret_cast<const uint16_t*>(src);
+                    } else {
+                        lo[e] = *src;
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < C::kNTG; ++nt) {
+                    // B fragment: (token e=0, e=1) and (e=2, e=3) of output dim n-tile nt, gathered with byte_perm.
+                    uint32_t b0, b1;
+                    if constexpr (kFp8) {
+                        const uint32_t sel = nt | ((nt + 4) << 4);  // byte nt of each word -> low 16 bits
+                        b0 = fp8x2_to_f16x2(__byte_perm(lo[0], lo[1], sel));
+                        b1 = fp8x2_to_f16x2(__byte_perm(lo[2], lo[3], sel));
+                    } else {
+                        const int h = nt & 1;
+                        const uint32_t sel = (2 * h) | ((2 * h + 1) << 4) | ((4 + 2 * h) << 8) | ((5 + 2 * h) << 12);
+                        b0 = nt < 2 ? __byte_perm(lo[0], lo[1], sel) : __byte_perm(hi[0], hi[1], sel);
+                        b1 = nt < 2 ? __byte_perm(lo[2], lo[3], sel) : __byte_perm(hi[2], hi[3], sel);
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+                        mma_16816<kF16>(o_acc[mt][gi][nt], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], b0, b1);
+                }
+            }
+        }
+        if constexpr (STAGES == 1) __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    // ---- Epilogue: normalised bf16 output (one split) or partial results for the combine kernel.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + 16 * mt + g + 8 * h;
+            const int i = row / G;
+            if (i >= q_len) continue;
+            const int64_t out_row = static_cast<int64_t>(q_begin + i) * p.num_q_heads + kv_head * G + row % G;
+            if (p.num_splits == 1) {
+                const float inv = l_run[mt][h] > 0.f ? p.v_scale / l_run[mt][h] : 0.f;
+#pragma unroll
+                for (int gi = 0; gi < C::kGroups; ++gi)
+#pragma unroll
+                    for (int nt = 0; nt < C::kNTG; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int d = warp * C::kDW + gi * C::kGW + C::kNTG * (2 * t4 + e) + nt;
+                            p.out[out_row * D + d] = __float2bfloat16_rn(o_acc[mt][gi][nt][2 * h + e] * inv);
+                        }
+            } else {
+                const int64_t ws_row = static_cast<int64_t>(split) * p.tb.num_tokens * p.num_q_heads + out_row;
+#pragma unroll
+                for (int gi = 0; gi < C::kGroups; ++gi)
+#pragma unroll
+                    for (int nt = 0; nt < C::kNTG; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int d = warp * C::kDW + gi * C::kGW + C::kNTG * (2 * t4 + e) + nt;
+                            p.ws_o[ws_row * D + d] = o_acc[mt][gi][nt][2 * h + e];
+                        }
+                if (warp == 0 && t4 == 0) p.ws_ml[ws_row] = make_float2(m_run[mt][h], l_run[mt][h]);
+            }
+        }
+}
+
+// Merge the splits of one (token, q head) row: out = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s.
+template <int D>
+__global__ void __launch_bounds__(128) combine_splits_kernel(const float* __restrict__ ws_o,
+                                                             const float2* __restrict__ ws_ml, __nv_bfloat16* out,
+                                                             int rows, int num_splits, float v_scale) {
+    constexpr int E = (D + 127) / 128;
+    const int row = blockIdx.x;
+    float m = -INFINITY;
+    for (int s = 0; s < num_splits; ++s) {
+        const float2 ml = ws_ml[static_cast<int64_t>(s) * rows + row];
+        if (ml.y > 0.f) m = fmaxf(m, ml.x);
+    }
+    float acc[E] = {};
+    float l = 0.f;
+    for (int s = 0; s < num_splits; ++s) {
+        const float2 ml = ws_ml[static_cast<int64_t>(s) * rows + row];
+        if (!(ml.y > 0.f)) continue;  // empty split: its partial output was never written
+        const float w = exp2f((ml.x - m) * kLog2e);
+        l += w * ml.y;
+        const float* o = ws_o + (static_cast<int64_t>(s) * rows + row) * D;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const int d = threadIdx.x + 128 * e;
+            if (d < D) acc[e] += w * o[d];
+        }
+    }
+    const float inv = l > 0.f ? v_scale / l : 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const int d = threadIdx.x + 128 * e;
+        if (d < D) out[static_cast<int64_t>(row) * D + d] = __float2bfloat16_rn(acc[e] * inv);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+
+int rows_per_token(const AttentionProblem& p) { return p.num_q_heads / p.num_kv_heads; }
+int mt_for(const AttentionProblem& p) { return p.tokens.max_q_len * rows_per_token(p) <= 16 ? 1 : 2; }
+int num_qtiles(const AttentionProblem& p) {
+    const int bm = 16 * mt_for(p);
+    return std::max(1, (p.tokens.max_q_len * rows_per_token(p) + bm - 1) / bm);
+}
+int max_kv_tiles(const AttentionProblem& p) { return (p.tokens.max_kv_len + kBN - 1) / kBN + 1; }
+
+// Pipeline depth: the deepest that fits the device's per-block shared memory, up to 3 for the 512-d head (one CTA
+// per SM: the stages are all the loads an SM has in flight) and 2 for smaller heads (several CTAs per SM).
+template <int D, bool kFp8, int MT, int S>
+const void* kernel_with_stages(int max_smem, int* smem) {
+    constexpr int kBytes = attn_smem_bytes(D, kFp8 ? 1 : 2, MT, S);
+    if constexpr (S > 1) {
+        if (kBytes > max_smem || kBytes > 227 * 1024) return kernel_with_stages<D, kFp8, MT, S - 1>(max_smem, smem);
+    }
+    if constexpr (kBytes <= 227 * 1024) {
+        *smem = kBytes;
+        return reinterpret_cast<const void*>(&paged_attention_kernel<D, kFp8, MT, S>);
+    } else {
+        return nullptr;
+    }
+}
+
+template <int D, bool kFp8>
+const void* kernel_ptr(int mt, int max_smem, int* smem) {
+    constexpr int kMaxStages = D == 512 ? 3 : 2;
+    return mt == 1 ? kernel_with_stages<D, kFp8, 1, kMaxStages>(max_smem, smem)
+                   : kernel_with_stages<D, kFp8, 2, kMaxStages>(max_smem, smem);
+}
+
+int device_max_smem() {
+    int dev = 0, bytes = 48 * 1024;
+    if (cudaGetDevice(&dev) != cudaSuccess) return bytes;
+    if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 48 * 1024;
+    return bytes;
+}
+
+const void* select_kernel(const AttentionProblem& p, int* smem) {
+    const bool fp8 = p.kv.dtype == KvDtype::kFp8E4M3;
+    const int mt = mt_for(p);
+    const int max_smem = device_max_smem();
+    switch (p.head_dim) {
+        case 64: return fp8 ? kernel_ptr<64, true>(mt, max_smem, smem) : kernel_ptr<64, false>(mt, max_smem, smem);
+        case 128: return fp8 ? kernel_ptr<128, true>(mt, max_smem, smem) : kernel_ptr<128, false>(mt, max_smem, smem);
+        case 256: return fp8 ? kernel_ptr<256, true>(mt, max_smem, smem) : kernel_ptr<256, false>(mt, max_smem, smem);
+        case 512: return fp8 ? kernel_ptr<512, true>(mt, max_smem, smem) : kernel_ptr<512, false>(mt, max_smem, smem);
+        default: return nullptr;
+    }
+}
+
+cudaError_t check_problem(const AttentionProblem& p) {
+    const PagedKv& kv = p.kv;
+    if (p.num_kv_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0) return cudaErrorInvalidValue;
+    if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256 && p.head_dim != 512) return cudaErrorInvalidValue;
+    if (kv.head_size <= 0 || kv.head_size % 64 != 0 || p.head_dim % kv.head_size != 0) return cudaErrorInvalidValue;
+    if (kv.pool_heads * kv.head_size != p.num_kv_heads * p.head_dim) return cudaErrorInvalidValue;
+    if (kv.tokens_per_block <= 0 || (kv.tokens_per_block & (kv.tokens_per_block - 1))) return cudaErrorInvalidValue;
+    if (p.tokens.batch <= 0 || kv.pool == nullptr || kv.block_offsets == nullptr) return cudaErrorInvalidValue;
+    if (kv.cyclic_len != 0 && kv.cyclic_len < kBN) return cudaErrorInvalidValue;  // ring slot advances by < kBN
+    // 32-bit offsets inside a unit (see the tile loader).
+    const int64_t unit = static_cast<int64_t>(kv.pool_heads) * kv.tokens_per_block * kv.head_size *
+                         (kv.dtype == KvDtype::kFp8E4M3 ? 1 : 2);
+    if (unit > (int64_t{1} << 30)) return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
+int device_sms() {
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 1;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 1;
+    return std::max(1, sms);
+}
+
+}  // namespace
+
+int32_t attention_num_splits(const AttentionProblem& p, int32_t num_sms) {
+    if (check_problem(p) != cudaSuccess || p.tokens.max_kv_len <= 0) return 1;
+    if (num_sms <= 0) num_sms = device_sms();
+    int smem = 0;
+    const void* fn = select_kernel(p, &smem);
+    int per_sm = 1;
+    if (fn == nullptr || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, smem) != cudaSuccess)
+        per_sm = 1;
+    const int64_t slots = static_cast<int64_t>(num_sms) * std::max(1, per_sm);
+    const int64_t base = static_cast<int64_t>(p.tokens.batch) * num_qtiles(p) * p.num_kv_heads;
+    const int max_tiles = max_kv_tiles(p);
+    if (base >= slots || max_tiles <= 4) return 1;
+    // Split the longest sequence so that all CTAs together fill the slots about once: the longest gets
+    // slots * (its tiles / all tiles) splits, shorter ones proportionally fewer (same tiles per split).
+    const int64_t sum_kv = p.tokens.sum_kv_len > 0 ? p.tokens.sum_kv_len
+                                                   : static_cast<int64_t>(p.tokens.batch) * p.tokens.max_kv_len;
+    const int64_t sum_tiles = (sum_kv + kBN - 1) / kBN + p.tokens.batch;
+    int64_t splits = slots * max_tiles / std::max<int64_t>(1, sum_tiles * num_qtiles(p) * p.num_kv_heads);
+    splits = std::min<int64_t>(splits, (max_tiles + 3) / 4);  // at least ~4 tiles per split
+    splits = std::min<int64_t>(splits, kMaxSplits);
+    return static_cast<int32_t>(std::max<int64_t>(1, splits));
+}
+
+size_t attention_workspace_bytes(const AttentionProblem& p, int32_t num_splits) {
+    if (num_splits <= 1) return 0;
+    const size_t rows = static_cast<size_t>(p.tokens.num_tokens) * p.num_q_heads;
+    return static_cast<size_t>(num_splits) * rows * (p.head_dim * sizeof(float) + sizeof(float2)) + 256;
+}
+
+cudaError_t attention(const AttentionProblem& p, const void* q, void* out, void* workspace, size_t workspace_bytes,
+                      cudaStream_t stream) {
+    cudaError_t err = check_problem(p);
+    if (err != cudaSuccess) return err;
+    if (p.tokens.num_tokens == 0) return cudaSuccess;
+    int splits = attention_num_splits(p);
+    while (splits > 1 && attention_workspace_bytes(p, splits) > workspace_bytes) splits = splits / 2;
+    const int max_tiles = max_kv_tiles(p);
+    const int split_tiles = splits > 1 ? (max_tiles + splits - 1) / splits : max_tiles + 1;
+    if (splits > 1) splits = (max_tiles + split_tiles - 1) / split_tiles;
+
+    AttnParams ap{};
+    ap.addr = make_addr(p.kv, p.head_dim);
+    ap.tb = p.tokens;
+    ap.q = static_cast<const __nv_bfloat16*>(q);
+    ap.out = static_cast<__nv_bfloat16*>(out);
+    ap.inv_freq = p.rope_inv_freq;
+    ap.q_positions = p.q_positions;
+    ap.num_q_heads = p.num_q_heads;
+    ap.group = rows_per_token(p);
+    ap.window = p.window;
+    ap.num_splits = splits;
+    ap.split_tiles = split_tiles;
+    ap.qtiles = num_qtiles(p);
+    const bool fp8 = p.kv.dtype == KvDtype::kFp8E4M3;
+    ap.qk_scale = fp8 ? p.scale * p.kv.k_scale : p.scale;
+    ap.v_scale = fp8 ? p.kv.v_scale : 1.0f;
+    const size_t rows = static_cast<size_t>(p.tokens.num_tokens) * p.num_q_heads;
+    if (splits > 1) {
+        ap.ws_o = static_cast<float*>(workspace);
+        const size_t o_bytes = static_cast<size_t>(splits) * rows * p.head_dim * sizeof(float);
+        ap.ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(workspace) + ((o_bytes + 255) / 256) * 256);
+    }
+
+    int smem = 0;
+    const void* fn = select_kernel(p, &smem);
+    if (fn == nullptr) return cudaErrorInvalidConfiguration;  // not even one stage fits this device
+    err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(p.tokens.batch * num_qtiles(p), p.num_kv_heads, splits);
+    void* args[] = {&ap};
+    err = cudaLaunchKernel(fn, grid, dim3(kThreads), args, smem, stream);
+    if (err != cudaSuccess) return err;
+    if (splits > 1) {
+        const int r = static_cast<int>(rows);
+        switch (p.head_dim) {
+            case 64: combine_splits_kernel<64><<<r, 128, 0, stream>>>(ap.ws_o, ap.ws_ml, ap.out, r, splits, ap.v_scale); break;
+            case 128: combine_splits_kernel<128><<<r, 128, 0, stream>>>(ap.ws_o, ap.ws_ml, ap.out, r, splits, ap.v_scale); break;
+            case 256: combine_splits_kernel<256><<<r, 128, 0, stream>>>(ap.ws_o, ap.ws_ml, ap.out, r, splits, ap.v_scale); break;
+            default: combine_splits_kernel<512><<<r, 128, 0, stream>>>(ap.ws_o, ap.ws_ml, ap.out, r, splits, ap.v_scale); break;
+        }
+        err = cudaGetLastError();
+    }
+    return err;
+}
+
+cudaError_t write_global_kv(const PagedKv& kv, const TokenBatch& tokens, int32_t head_dim, const void* k_raw,
+                            const float* k_norm_weight, const float* rope_inv_freq, float eps, cudaStream_t stream) {
+    if (head_dim != 128 && head_dim != 256 && head_dim != 512) return cudaErrorInvalidValue;
+    if (kv.head_size <= 0 || kv.head_size % 64 != 0 || head_dim % kv.head_size != 0) return cudaErrorInvalidValue;
+    if (kv.pool_heads * kv.head_size != head_dim) return cudaErrorInvalidValue;  // one KV head
+    if (kv.tokens_per_block <= 0 || (kv.tokens_per_block & (kv.tokens_per_block - 1))) return cudaErrorInvalidValue;
+    if (kv.pool == nullptr || kv.block_offsets == nullptr || k_norm_weight == nullptr) return cudaErrorInvalidValue;
+    if (tokens.num_tokens == 0) return cudaSuccess;
+    const KvAddr a = make_addr(kv, head_dim);
+    const bool fp8 = kv.dtype == KvDtype::kFp8E4M3;
+    // Same multiplier as trt_gemma4.kv.quantize: fp32(1 / scale) computed in double.
+    const float kq = static_cast<float>(1.0 / static_cast<double>(kv.k_scale));
+    const float vq = static_cast<float>(1.0 / static_cast<double>(kv.v_scale));
+    const dim3 grid((tokens.num_tokens + 3) / 4);
+    const auto* x = static_cast<const __nv_bfloat16*>(k_raw);
+#define TRT_GEMMA4_WRITE(D)                                                                                      \
+    if (fp8) write_global_kv_kernel<D, true><<<grid, 128, 0, stream>>>(a, tokens, x, k_norm_weight, rope_inv_freq, \
+                                                                       eps, kq, vq);                              \
+    else write_global_kv_kernel<D, false><<<grid, 128, 0, stream>>>(a, tokens, x, k_norm_weight, rope_inv_freq,   \
+                                                                    eps, kq, vq);
+    switch (head_dim) {
+        case 128: TRT_GEMMA4_WRITE(128) break;
+        case 256: TRT_GEMMA4_WRITE(256) break;
+        default: TRT_GEMMA4_WRITE(512) break;
+    }
+#undef TRT_GEMMA4_WRITE
+    return cudaGetLastError();
+}
+
+}  // namespace trt_gemma4

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Configure and build libtrt_gemma4_plugins.so against the TensorRT 10.14 headers, then check its exports.
+#
+# Usage: bash scripts/plugin_compile_check.sh [sm_90|sm_100|sm_120 ...]   (default: sm_90)
+# Headers: $TENSORRT_INCLUDE_DIR, else .trt_headers/ in the repository (NvInferRuntime.h and what it includes,
+# from the TensorRT OSS tag v10.14, include/). Needs nvcc (CUDA 13; `pip install "trt-gemma4[cuda]"` gives one)
+# and cmake >= 3.24. Nothing is run on a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARCHES=("$@")
+[ ${#ARCHES[@]} -eq 0 ] && ARCHES=(sm_90)
+HEADERS=${TENSORRT_INCLUDE_DIR:-$PWD/.trt_headers}
+if [ ! -f "$HEADERS/NvInferRuntime.h" ]; then
+  echo "plugin_compile_check: no NvInferRuntime.h in $HEADERS; set TENSORRT_INCLUDE_DIR or copy TensorRT 10.14's" \
+       "include/ (TensorRT OSS tag v10.14) into .trt_headers/" >&2
+  exit 2
+fi
+NVCC=${CUDACXX:-$(command -v nvcc || true)}
+if [ -z "$NVCC" ]; then
+  echo "plugin_compile_check: nvcc not found; install the CUDA 13 toolkit or pip install \"trt-gemma4[cuda]\"" >&2
+  exit 2
+fi
+command -v cmake >/dev/null || { echo "plugin_compile_check: cmake not found (pip install cmake)" >&2; exit 2; }
+JOBS=${JOBS:-$(nproc)}
+for ARCH in "${ARCHES[@]}"; do
+  OUT=build/plugins-$ARCH
+  mkdir -p build
+  echo "== $ARCH: configure ($OUT)"
+  cmake -S plugins -B "$OUT" -DTRT_GEMMA4_ARCH="$ARCH" -DTENSORRT_INCLUDE_DIR="$HEADERS" \
+    -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_BUILD_TYPE=Release >"$OUT.configure.log" 2>&1 \
+    || { cat "$OUT.configure.log" >&2; exit 1; }
+  echo "== $ARCH: build"
+  START=$(date +%s)
+  cmake --build "$OUT" -j "$JOBS"
+  LIB="$OUT/libtrt_gemma4_plugins.so"
+  echo "== $ARCH: built $LIB in $(( $(date +%s) - START )) s"
+  # The entry points TensorRT's loader and our Python code look up.
+  for SYM in getCreators setLoggerFinder initTrtGemma4Plugins; do
+    nm -D --defined-only "$LIB" | grep -qw "$SYM" || { echo "plugin_compile_check: $LIB does not export $SYM" >&2; exit 1; }
+  done
+  # Only the C library, libstdc++ and friends may be needed: no libnvinfer, no shared libcudart.
+  if readelf -d "$LIB" | grep NEEDED | grep -E "nvinfer|cudart"; then
+    echo "plugin_compile_check: $LIB must not depend on libnvinfer or a shared libcudart" >&2
+    exit 1
+  fi
+  echo "== $ARCH: ok (exports getCreators, setLoggerFinder, initTrtGemma4Plugins)"
+done

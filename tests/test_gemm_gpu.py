@@ -1,0 +1,125 @@
+"""GPU tests of the block-FP8 weight-only GEMM against an fp64 reference.
+
+Every case draws fresh random inputs, poisons the output with NaN before the call, and checks
+‖ΔY‖/‖Y‖ ≤ 2e-3, every element within (0.5 ulp of itself + 2 ulp of the output RMS) in BF16, and no NaN left.
+Block scales vary by ~3000x between blocks so that the kernels' scale handling is exercised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trt_gemma4 import kernels
+from trt_gemma4.kernels.reference import dequantize_block_fp8
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not kernels.available(), reason=f"CUDA kernels unavailable: {kernels.unavailable_reason()}"),
+]
+
+# (N, K): Gemma-4-12B projections, the drafter's, and small shapes with partial 128-blocks.
+SHAPES_12B = [(8192, 3840), (8704, 3840), (3840, 4096), (3840, 8192), (30720, 3840), (3840, 15360)]
+SHAPES_DRAFTER = [(4096, 1024), (16384, 1024), (1024, 8192)]
+SHAPES_ODD = [(320, 192), (192, 320), (48, 16), (144, 272)]
+ODD_M = [1, 3, 7, 17, 33, 63, 129, 255, 513, 1025, 2047, 4097, 8191]
+
+CASES = (
+    [(n, k, m) for (n, k) in SHAPES_12B for m in (1, 7, 33, 129, 1025)]
+    + [(8192, 3840, 2047), (3840, 4096, 8191), (3840, 15360, 513), (30720, 3840, 63), (8704, 3840, 255)]
+    + [(n, k, m) for (n, k) in SHAPES_DRAFTER for m in (1, 17, 255, 4097)]
+    + [(n, k, m) for (n, k) in SHAPES_ODD for m in ODD_M]
+)
+
+
+def random_problem(m: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh x (bf16), w (fp8-e4m3, full range incl. subnormals) and per-block scales spanning ~e^8."""
+    dev = "cuda"
+    x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=gen, device=dev) * 120).clamp(-448, 448).to(torch.float8_e4m3fn)
+    nb, kb = -(-n // 128), -(-k // 128)
+    s = torch.exp(torch.rand(nb, kb, generator=gen, device=dev) * 8 - 12)
+    return x, w, s
+
+
+def check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, what: str) -> None:
+    ref = x.double() @ dequantize_block_fp8(w, s, torch.float64).t()
+    assert not torch.isnan(y).any(), f"{what}: NaN in output (unwritten elements?)"
+    yd = y.double()
+    rel = ((yd - ref).norm() / ref.norm()).item()
+    assert rel <= 2e-3, f"{what}: relative error {rel:.3e} > 2e-3"
+    rms = ref.pow(2).mean().sqrt().item()
+    ulp_rms = 2.0 ** (math.floor(math.log2(rms)) - 7)
+    ulp_elem = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-300))) - 7)
+    bound = 0.5 * ulp_elem + 2 * ulp_rms
+    excess = ((yd - ref).abs() - bound).max().item()
+    assert excess <= 0, f"{what}: an element is off by {excess / ulp_rms:.2f} BF16 ulps of the RMS beyond the bound"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> None:
+    kernels.load()
+
+
+@pytest.mark.parametrize(("n", "k", "m"), CASES, ids=lambda v: str(v))
+def test_default_dispatch_matches_fp64(n: int, k: int, m: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    torch.ops.trt_gemma4.block_fp8_gemm_out(x, w, s, y)
+    torch.cuda.synchronize()
+    check(y, x, w, s, f"M={m} N={n} K={k}")
+
+
+# Every kernel variant (kernel, tile, row_groups, warps, splits, depth), on shapes with partial blocks and tails.
+STREAM_VARIANTS = [(1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 2, 2), (1, 2, 3), (2, 1, 2), (2, 1, 3), (2, 2, 2), (4, 1, 2)]
+CONFIGS = [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))] + [
+    (2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
+@pytest.mark.parametrize(("n", "k", "m"), [(144, 272, 37), (320, 1040, 13), (1024, 2064, 200)], ids=str)
+def test_every_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
+    torch.cuda.synchronize()
+    check(y, x, w, s, f"config {config} M={m} N={n} K={k}")
+
+
+def test_zero_scale_blocks_and_single_block_scale() -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(300, 256, 512, gen)
+    s[0, 1] = 0.0
+    s[1, 3] = 0.0
+    for m in (5, 300):
+        y = kernels.block_fp8_gemm(x[:m], w, s)
+        check(y, x[:m], w, s, f"zero-scale blocks M={m}")
+    x1, w1, _ = random_problem(9, 112, 96, gen)
+    s0 = torch.tensor(0.0123, device="cuda")
+    check(kernels.block_fp8_gemm(x1, w1, s0), x1, w1, s0.reshape(1, 1), "0-D scale")
+
+
+def test_dequantize_matches_reference() -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    _, w, s = random_problem(1, 400, 272, gen)
+    wd = torch.ops.trt_gemma4.block_fp8_dequantize(w, s)
+    torch.testing.assert_close(wd, dequantize_block_fp8(w, s, torch.float32).to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_wrapper_rejects_bad_inputs() -> None:
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.zeros(128, 256, device="cuda").to(torch.float8_e4m3fn)
+    s = torch.ones(1, 2, device="cuda")
+    with pytest.raises(TypeError, match="bfloat16"):
+        kernels.block_fp8_gemm(x.float(), w, s)
+    with pytest.raises(ValueError, match="ceil"):
+        kernels.block_fp8_gemm(x, w, torch.ones(2, 2, device="cuda"))
+    with pytest.raises(ValueError, match=r"\[\.\.\., 256\]"):
+        kernels.block_fp8_gemm(x[:, :128], w, s)
+    y = kernels.block_fp8_gemm(x.view(2, 2, 256), w, s)
+    assert y.shape == (2, 2, 128)

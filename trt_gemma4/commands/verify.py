@@ -1,0 +1,154 @@
+"""Check a converted checkpoint: run it in the torch backend against HF transformers holding the same weights.
+
+The HF model is built from the checkpoint's spec and given the checkpoint's block-FP8 weights dequantized (TP
+ranks put back together), so the comparison is about the forward: max|Δlogit| / max|logit| over every position of
+every prompt (ours run as one batch of unequal lengths), argmax agreement, and greedy tokens (ours batched, HF's
+generate). Prompt lengths default to [2·window + 8, 1, window + 3] so sliding layers wrap their ring.
+
+Modes: 'model' holds both models whole (tiny and small models); 'layers' streams the weights, one HF decoder
+layer and one of ours at a time, comparing hidden states after every layer and then the logits; what a 12B
+needs on a 24 GB machine ('auto' picks it above 2B parameters). Needs the 'tiny' extra (transformers >= 5.10.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = __doc__ or ""
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "float8_e4m3fn"}
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
+LAYER_MODE_ABOVE = 2_000_000_000  # parameters
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ckpt", metavar="OUT", help="converted checkpoint (trt-gemma4 convert OUT) or a ModelOpt export")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--mode", choices=["auto", "model", "layers"], default="auto",
+                   help="whole model, or layer by layer streaming the weights (default: layers above 2B params)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute dtype of both sides")
+    p.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=None,
+                   help="KV-cache storage of the torch backend (default: the compute dtype)")
+    p.add_argument("--kv-scales", choices=["identity", "checkpoint"], default="identity")
+    p.add_argument("--device", default="cpu", help="torch device of the torch backend and HF (cpu, cuda)")
+    p.add_argument("--prompt-lengths", default=None, help="comma-separated prompt lengths (random token ids)")
+    p.add_argument("--greedy-tokens", type=int, default=32, help="greedy tokens compared (model mode; 0: none)")
+    p.add_argument("--tokens-per-block", type=int, default=32, help="KV-cache tokens per block (a power of 2)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="max relative logit error (default 1e-4 in fp32, 3e-2 in bf16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", metavar="DIR", default=None,
+                   help="also run the built TensorRT-LLM engine DIR on the same prompts (needs TensorRT-LLM)")
+    p.add_argument("--speculative", metavar="DRAFTER", default=None,
+                   help="also check that greedy speculative decoding with the drafter DRAFTER equals greedy")
+    p.add_argument("--draft-len", type=int, default=4, help="draft tokens per step with --speculative")
+
+
+def prompt_lengths(arg: str | None, window: int) -> list[int]:
+    """The --prompt-lengths list, or the default [2·window + 8, 1, window + 3]."""
+    if arg:
+        return [int(x) for x in arg.split(",") if x.strip()]
+    return [2 * window + 8, 1, window + 3]
+
+
+def random_prompts(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
+    """Token ids drawn away from the special ids at the bottom of the vocabulary."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lo = min(16, vocab // 4)
+    return [torch.randint(lo, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _engine_check(args: argparse.Namespace, prompts: list[list[int]]) -> dict[str, Any]:
+    """--engine: the TRT-LLM backend runs the engine on the same prompts (only where TensorRT-LLM exists)."""
+    from trt_gemma4.errors import MissingToolError
+
+    try:
+        from trt_gemma4.backends import trtllm  # type: ignore[attr-defined]
+    except ImportError:
+        raise MissingToolError(
+            "verify --engine runs the engine through the TRT-LLM backend (trt_gemma4.backends.trtllm), which is "
+            "not part of this installation"
+        ) from None
+    return trtllm.verify_engine(args.engine, args.ckpt, prompts)  # type: ignore[no-any-return]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from trt_gemma4.backends.torch_backend import CacheConfig, TorchBackend
+    from trt_gemma4.backends.weights import open_weights
+    from trt_gemma4.errors import Gemma4Error
+    from trt_gemma4.parity import build_hf_model, compare_layers, compare_model, require_transformers
+
+    require_transformers()
+    dtype = getattr(torch, DTYPES[args.dtype])
+    kv_dtype = getattr(torch, KV_DTYPES[args.kv_dtype or args.dtype])
+    weights = open_weights(args.ckpt)
+    spec = weights.spec
+    lengths = prompt_lengths(args.prompt_lengths, spec.sliding_window)
+    if not lengths or min(lengths) < 1:
+        raise Gemma4Error(f"--prompt-lengths: expected positive lengths, found {args.prompt_lengths!r}")
+    prompts = random_prompts(lengths, spec.vocab_size, args.seed)
+    mode = args.mode
+    if mode == "auto":
+        mode = "layers" if spec.text_parameter_count() > LAYER_MODE_ABOVE else "model"
+    greedy = args.greedy_tokens if mode == "model" else 0
+    cache = CacheConfig(dtype=kv_dtype, tokens_per_block=args.tokens_per_block,
+                        max_seq_len=max(lengths) + greedy + 1, max_sequences=len(prompts),
+                        kv_scales=args.kv_scales)
+    backend = TorchBackend(weights, dtype=dtype, device=args.device, cache=cache, cache_weights=mode == "model")
+    if mode == "model":
+        hf = build_hf_model(weights, dtype).to(args.device)
+        report = compare_model(backend, hf, prompts, greedy_tokens=greedy)
+    else:
+        report = compare_layers(backend, prompts, dtype)
+    tol = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[args.dtype]
+    ok = report.rel_logit_error <= tol
+    if args.dtype == "fp32" and greedy:
+        ok = ok and report.greedy_tokens_equal == report.greedy_tokens_total
+    result: dict[str, Any] = {
+        "checkpoint": str(args.ckpt),
+        "mode": mode,
+        "dtype": args.dtype,
+        "kv_dtype": args.kv_dtype or args.dtype,
+        "kv_scales": args.kv_scales,
+        "tp": weights.tp,
+        "pp": weights.pp,
+        "prompt_lengths": lengths,
+        "tolerance": tol,
+        **report.to_dict(),
+    }
+    if args.speculative:
+        from trt_gemma4.speculative import check_speculative
+
+        spec_rep = check_speculative(backend, args.speculative, prompts, max(args.greedy_tokens, 1), args.draft_len)
+        result["speculative"] = spec_rep
+        ok = ok and spec_rep["tokens_equal"] == spec_rep["tokens_total"]
+    if args.engine:
+        result["engine"] = _engine_check(args, prompts)
+    result["pass"] = ok
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"verify {args.ckpt}: tp {weights.tp} pp {weights.pp}, {mode} mode, {args.dtype} compute, "
+              f"{result['kv_dtype']} KV cache ({args.kv_scales} scales), prompts of {lengths} tokens")
+        if report.layer_rel_errors:
+            worst = max(range(len(report.layer_rel_errors)), key=report.layer_rel_errors.__getitem__)
+            print(f"  hidden states: max|Δh|/max|h| per layer up to {report.layer_rel_errors[worst]:.2e} "
+                  f"(layer {worst})")
+        print(f"  logits: max|Δ|/max|logit| = {report.rel_logit_error:.2e} (max|Δ| {report.max_abs_logit_error:.2e}; "
+              f"tolerance {tol:.0e}); argmax agreement {report.argmax_agreement:.1%}")
+        if greedy:
+            print(f"  greedy: {report.greedy_tokens_equal}/{report.greedy_tokens_total} tokens identical to HF")
+        if "speculative" in result:
+            s = result["speculative"]
+            print(f"  speculative (k={args.draft_len}): {s['tokens_equal']}/{s['tokens_total']} tokens identical to "
+                  f"greedy; mean acceptance {s['mean_accepted']:.2f} drafts per step")
+        print("PASS" if ok else "FAIL")
+    return 0 if ok else 1

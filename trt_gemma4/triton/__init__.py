@@ -1,0 +1,1 @@
+"""Serving: the Triton model repository (package, validate), the reference engine and the server launcher."""
