@@ -42,9 +42,11 @@ if [ ! -e "$LIBDIR/$LDLIB" ] || [[ "$LDLIB" != *.so* ]]; then
 fi
 
 "$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q --no-deps "nvidia-pytriton==$PYTRITON_VERSION"
-# torch first and pinned (a bare `torch` may resolve to a multi-GB CUDA build), numpy < 2 for the 2.51 stub.
+# torch pinned (a bare `torch` may resolve to a multi-GB CUDA build), numpy < 2 for the 2.51 stub.
 "$VPY" -m pip install -q "torch==$TORCH_VERSION" "numpy<2" safetensors tokenizers jinja2 tqdm
+# Only the server binary and its libraries are used, not PyTriton's Python API: no dependencies (installed last,
+# so pip's consistency check does not list the API's missing dependencies).
+"$VPY" -m pip install -q --no-deps "nvidia-pytriton==$PYTRITON_VERSION"
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # This source tree on the server's path (the reference model imports trt_gemma4), without building anything.
 echo "$ROOT" > "$SITE/trt_gemma4_source.pth"

@@ -35,6 +35,15 @@ def converted(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many tiny ops: one intra-op thread avoids thread hand-off costs (large on a busy 2-core CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def weights(converted: Path) -> WeightSource:
     return open_weights(converted)

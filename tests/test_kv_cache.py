@@ -22,6 +22,15 @@ from trt_gemma4.spec import GLOBAL, SLIDING
 F64 = torch.float64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many tiny ops: one intra-op thread avoids thread hand-off costs (large on a busy 2-core CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def weights(tiny_ckpt: Path) -> WeightSource:
     return open_weights(tiny_ckpt)

@@ -347,8 +347,15 @@ def spec_from_config(cfg: dict[str, Any], file: str = "config.json") -> Gemma4Sp
             vision_posemb = int(vc.get("mm_posemb_size", 1120))
         if ac:
             audio_dim = int(ac.get("audio_embed_dim", 640))
-        for key in ("boi_token_id", "eoi_token_id", "image_token_id", "video_token_id", "boa_token_id",
-                    "eoa_token_index", "audio_token_id"):
+        for key in (
+            "boi_token_id",
+            "eoi_token_id",
+            "image_token_id",
+            "video_token_id",
+            "boa_token_id",
+            "eoa_token_index",
+            "audio_token_id",
+        ):
             if key in cfg:
                 extra[key] = cfg[key]
     eos = cfg.get("eos_token_id", tc.get("eos_token_id"))

@@ -679,6 +679,18 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
 // Measured dispatch: bench/NOTES_gemm.md has the sweep (scripts/bench_gemm.py --tune) these rules summarize.
 constexpr int kDequantMinM = 512;  // callers with a BF16 GEMM: split-dequantize + cuBLAS from here
 
+// CTAs of one streaming-kernel instantiation that fit on an SM at once (0 if unknown).
+int streamResidentCtasPerSm(int nt, int rg, int depth, int warps) {
+    const int smem = warps > 1 ? warps * rg * nt * 4 * 32 * static_cast<int>(sizeof(float)) : 0;
+    int blocks = 0;
+    cudaError_t err = cudaErrorInvalidValue;
+    if (nt == 1 && rg == 1 && depth == 2)
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 2>, warps * 32, smem);
+    else if (nt == 1 && rg == 1 && depth == 3)
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 3>, warps * 32, smem);
+    return err == cudaSuccess ? blocks : 0;
+}
+
 // Smallest power-of-two split-K (≤ cap) that gives the grid at least `targetCtas` CTAs, keeping at least
 // `minBlocks` k-blocks per split.
 int chooseSplits(int ctas, int targetCtas, int cap, int kBlocks, int minBlocks) {
@@ -701,7 +713,17 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.rowGroups = c.tile == 2 ? 2 : 1;           // M ≤ 16: two row groups share each activation fragment
         c.warps = (c.tile == 4 || N >= 8192) ? 4 : 8;  // many row tiles: fewer, longer k-streams per CTA
         c.depth = (c.tile == 1 && N >= 24576) ? 3 : 2;
-        const int ctas = ceilDiv(N, 16 * c.rowGroups) * ceilDiv(M, 8 * c.tile);
+        int ctas = ceilDiv(N, 16 * c.rowGroups) * ceilDiv(M, 8 * c.tile);
+        // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
+        // nearly empty second wave; two row groups per warp halve the grid back into one wave.
+        if (c.tile == 1) {
+            const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
+            if (slots > 0 && ctas > slots && 4 * ctas <= 5 * slots) {
+                c.rowGroups = 2;
+                c.depth = 2;
+                ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
+            }
+        }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         return c;
     }

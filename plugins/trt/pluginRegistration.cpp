@@ -6,10 +6,11 @@
 //     trtexec: --dynamicPlugins=path.
 //   * Registration when the library is loaded (the effect of REGISTER_TENSORRT_PLUGIN, NvInferRuntime.h
 //     PluginRegistrar): for LD_PRELOAD into tritonserver or ctypes.CDLL(path, RTLD_GLOBAL) before an engine that
-//     uses the plugins is deserialized (research/trtllm.md §4.4). It needs TensorRT's getPluginRegistry() in the
-//     process; the library looks it up at run time instead of linking libnvinfer, so it also builds where only
-//     the TensorRT headers exist. Set TRT_GEMMA4_PLUGINS_AUTOREGISTER=0 when loading through loadLibrary(),
-//     which refuses creators that are already registered.
+//     uses the plugins is deserialized (research/trtllm.md §4.4). It needs TensorRT's getPluginRegistry(): built
+//     with libnvinfer linked (TRT_GEMMA4_LINKED_NVINFER, what CMake does where libnvinfer exists) the loader brings
+//     TensorRT in first, which LD_PRELOAD needs; otherwise the function is looked up at run time, so the library
+//     also builds where only the TensorRT headers exist. Set TRT_GEMMA4_PLUGINS_AUTOREGISTER=0 when loading
+//     through loadLibrary(), which refuses creators that are already registered.
 //   * initTrtGemma4Plugins: explicit registration for callers that load the library without it having
 //     registered (modelled on TRT-LLM's initTrtLlmPlugins, cpp/tensorrt_llm/plugins/api/tllmPlugin.cpp).
 #include "blockFp8WoGemmPlugin.h"
@@ -54,11 +55,15 @@ IPluginCreatorInterface* const* creatorList(int32_t& count)
 
 using GetPluginRegistryFn = IPluginRegistry* (*) ();
 
-// TensorRT's registry, if libnvinfer is loaded in this process (NvInferRuntime.h: extern "C" getPluginRegistry).
+// TensorRT's registry (NvInferRuntime.h: extern "C" getPluginRegistry), or null when TensorRT is not in the process.
 IPluginRegistry* findRegistry()
 {
+#ifdef TRT_GEMMA4_LINKED_NVINFER
+    return getPluginRegistry();
+#else
     void* symbol = dlsym(RTLD_DEFAULT, "getPluginRegistry");
     return symbol != nullptr ? reinterpret_cast<GetPluginRegistryFn>(symbol)() : nullptr;
+#endif
 }
 
 // Registers every creator not yet in the registry. Returns false if TensorRT is not loaded or a registration failed.

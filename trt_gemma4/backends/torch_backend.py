@@ -338,12 +338,12 @@ class TorchOps:
         group = layer.num_heads // layer.kv_heads
         kf = keys.to(self.acc).repeat_interleave(group, dim=1)
         vf = values.to(self.acc).repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q.to(self.acc), kf) * layer.scale
+        scores = torch.matmul(q.to(self.acc).transpose(0, 1), kf.permute(1, 2, 0)) * layer.scale  # [h, q, k]
         visible = k_pos[None, :] <= q_pos[:, None]
         if layer.window is not None:
             visible &= k_pos[None, :] > q_pos[:, None] - layer.window
         scores = scores.masked_fill(~visible.to(scores.device)[None], float("-inf"))
-        return torch.einsum("hqk,khd->qhd", scores.softmax(-1), vf)
+        return torch.matmul(scores.softmax(-1), vf.transpose(0, 1)).transpose(0, 1)  # [q, h, d]
 
     def attention(self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         assert self.step is not None, "attention outside a step"

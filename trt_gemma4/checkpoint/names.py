@@ -4,7 +4,8 @@ TRT-LLM names follow tensorrt_llm/models/gemma/convert.py (research/trtllm.md §
 norms are stored as they are (Gemma-4's RMSNorm is plain `w * x_hat`, not Gemma 1-3's `1 + w`), quantized
 linears carry our block-FP8 scale `weights_block_scaling_factor` [ceil(N/128), ceil(K/128)], and the fused
 projections (qkv, gate|up) place each component at a 128-row aligned offset so that no 128x128 block straddles
-two components (padding rows are FP8 zeros with scale 1; on the 12B every component is already aligned).
+two components (padding rows are FP8 zeros inside the component's last partial block, sharing its scale;
+on the 12B every component is already aligned).
 """
 
 from __future__ import annotations

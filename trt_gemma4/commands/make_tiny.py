@@ -15,10 +15,18 @@ HELP = __doc__ or ""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (must not exist or be empty, unless --overwrite)")
     p.add_argument("--text-only", action="store_true", help="Gemma4UnifiedForCausalLM (no vision/audio embedders)")
-    p.add_argument("--shape", choices=["main", "tp"], default="main",
-                   help="'main' (partial blocks, 0-D scales) or 'tp' (shardable 2 and 4 ways)")
-    p.add_argument("--config-form", choices=["per_layer", "global_head_dim"], default="per_layer",
-                   help="config.json as transformers >=5.15 writes it (per_layer) or <=5.14 / the hub (global_head_dim)")
+    p.add_argument(
+        "--shape",
+        choices=["main", "tp"],
+        default="main",
+        help="'main' (partial blocks, 0-D scales) or 'tp' (shardable 2 and 4 ways)",
+    )
+    p.add_argument(
+        "--config-form",
+        choices=["per_layer", "global_head_dim"],
+        default="per_layer",
+        help="config.json as transformers >=5.15 writes it (per_layer) or <=5.14 / the hub (global_head_dim)",
+    )
     p.add_argument("--drafter", metavar="DIR", help="also write the tiny assistant drafter (BF16) to DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -35,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise Gemma4Error(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     print(f"making the tiny Gemma-4 export ({args.shape}, {'text-only' if args.text_only else 'multimodal'}) ...")
-    make_tiny(out, text_only=args.text_only, shape=args.shape, config_form=args.config_form, seed=args.seed,
-              overwrite=True)
+    make_tiny(
+        out, text_only=args.text_only, shape=args.shape, config_form=args.config_form, seed=args.seed, overwrite=True
+    )
     print(f"wrote {out}: {load_spec(out).summary()}")
     if args.drafter:
         make_tiny_drafter(args.drafter, shape=args.shape, seed=args.seed)

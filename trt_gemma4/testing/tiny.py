@@ -21,9 +21,9 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-import warnings
 from typing import Any
 
 from trt_gemma4.errors import MissingToolError
@@ -37,9 +37,18 @@ ROPE = {
 PAD, EOS, BOS, START_OF_TURN, END_OF_TURN = 0, 1, 2, 3, 4
 BOI, EOI, IMAGE, VIDEO, BOA, EOA, AUDIO = 500, 501, 502, 503, 504, 505, 506
 SPECIAL_TOKENS = {
-    PAD: "<pad>", EOS: "<eos>", BOS: "<bos>", START_OF_TURN: "<start_of_turn>", END_OF_TURN: "<end_of_turn>",
-    BOI: "<start_of_image>", EOI: "<end_of_image>", IMAGE: "<image_soft_token>", VIDEO: "<video_soft_token>",
-    BOA: "<start_of_audio>", EOA: "<end_of_audio>", AUDIO: "<audio_soft_token>",
+    PAD: "<pad>",
+    EOS: "<eos>",
+    BOS: "<bos>",
+    START_OF_TURN: "<start_of_turn>",
+    END_OF_TURN: "<end_of_turn>",
+    BOI: "<start_of_image>",
+    EOI: "<end_of_image>",
+    IMAGE: "<image_soft_token>",
+    VIDEO: "<video_soft_token>",
+    BOA: "<start_of_audio>",
+    EOA: "<end_of_audio>",
+    AUDIO: "<audio_soft_token>",
 }
 
 
@@ -58,20 +67,47 @@ class TinyShape:
     def text_config_kwargs(self) -> dict[str, Any]:
         layer_types = (["sliding_attention"] * 5 + ["full_attention"]) * self.repeats
         return dict(
-            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_hidden_layers=len(layer_types), layer_types=layer_types,
-            num_attention_heads=self.num_heads, num_key_value_heads=self.sliding_kv_heads,
-            head_dim=self.sliding_head_dim, global_head_dim=self.global_head_dim, num_global_key_value_heads=1,
-            attention_k_eq_v=True, sliding_window=self.sliding_window, max_position_embeddings=4096,
-            final_logit_softcapping=30.0, rope_parameters=copy.deepcopy(ROPE),
-            pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=len(layer_types),
+            layer_types=layer_types,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.sliding_kv_heads,
+            head_dim=self.sliding_head_dim,
+            global_head_dim=self.global_head_dim,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            sliding_window=self.sliding_window,
+            max_position_embeddings=4096,
+            final_logit_softcapping=30.0,
+            rope_parameters=copy.deepcopy(ROPE),
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            bos_token_id=BOS,
         )
 
 
-MAIN = TinyShape(vocab_size=512, hidden_size=128, intermediate_size=320, num_heads=4, sliding_head_dim=64,
-                 sliding_kv_heads=2, global_head_dim=128, sliding_window=16)
-TP = TinyShape(vocab_size=1024, hidden_size=256, intermediate_size=2048, num_heads=8, sliding_head_dim=128,
-               sliding_kv_heads=4, global_head_dim=256, sliding_window=16)
+MAIN = TinyShape(
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=320,
+    num_heads=4,
+    sliding_head_dim=64,
+    sliding_kv_heads=2,
+    global_head_dim=128,
+    sliding_window=16,
+)
+TP = TinyShape(
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=2048,
+    num_heads=8,
+    sliding_head_dim=128,
+    sliding_kv_heads=4,
+    global_head_dim=256,
+    sliding_window=16,
+)
 SHAPES = {"main": MAIN, "tp": TP}
 
 
@@ -81,8 +117,7 @@ def _require_tiny_extra() -> None:
         import transformers  # noqa: F401
     except ImportError as e:
         raise MissingToolError(
-            f"making the tiny checkpoint needs the 'tiny' extra ({e.name} is missing): "
-            "pip install 'trt-gemma4[tiny]'"
+            f"making the tiny checkpoint needs the 'tiny' extra ({e.name} is missing): pip install 'trt-gemma4[tiny]'"
         ) from None
     import transformers
 
@@ -131,11 +166,17 @@ def build_hf_model(shape: str = "main", text_only: bool = False, seed: int = 0) 
         cfg = Gemma4UnifiedConfig(
             text_config=Gemma4UnifiedTextConfig(**text),
             # patch_dim = (4*2)^2*3 = 192 -> patch_dense [160,192]; embedding_projection [hidden,160]
-            vision_config=Gemma4UnifiedVisionConfig(patch_size=4, pooling_kernel_size=2, mm_embed_dim=160,
-                                                    output_proj_dims=160, mm_posemb_size=16),
+            vision_config=Gemma4UnifiedVisionConfig(
+                patch_size=4, pooling_kernel_size=2, mm_embed_dim=160, output_proj_dims=160, mm_posemb_size=16
+            ),
             audio_config=Gemma4UnifiedAudioConfig(audio_embed_dim=16),  # embed_audio [hidden,16]
-            boi_token_id=BOI, eoi_token_id=EOI, image_token_id=IMAGE, video_token_id=VIDEO,
-            boa_token_id=BOA, eoa_token_index=EOA, audio_token_id=AUDIO,
+            boi_token_id=BOI,
+            eoi_token_id=EOI,
+            image_token_id=IMAGE,
+            video_token_id=VIDEO,
+            boa_token_id=BOA,
+            eoa_token_index=EOA,
+            audio_token_id=AUDIO,
         )
         cfg.architectures = ["Gemma4UnifiedForConditionalGeneration"]
         model_cls = Gemma4UnifiedForConditionalGeneration
@@ -224,17 +265,36 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
         "{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
         "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
     )
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-        "model_max_length": 4096,
-        "chat_template": template,
-    }, indent=2) + "\n")
-    (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": BOS, "eos_token_id": [EOS, END_OF_TURN], "pad_token_id": PAD,
-        "do_sample": True, "temperature": 1.0, "top_k": 64, "top_p": 0.95,
-        "suppress_tokens": [EOA, EOI] if vocab_size > AUDIO else [],
-    }, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "model_max_length": 4096,
+                "chat_template": template,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": BOS,
+                "eos_token_id": [EOS, END_OF_TURN],
+                "pad_token_id": PAD,
+                "do_sample": True,
+                "temperature": 1.0,
+                "top_k": 64,
+                "top_p": 0.95,
+                "suppress_tokens": [EOA, EOI] if vocab_size > AUDIO else [],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def make_tiny(
@@ -287,12 +347,22 @@ def make_tiny_drafter(out: str | Path, *, shape: str = "main", seed: int = 0) ->
     acfg = Gemma4UnifiedAssistantConfig(
         backbone_hidden_size=s.hidden_size,
         text_config=Gemma4UnifiedTextConfig(
-            vocab_size=s.vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-            layer_types=["sliding_attention"] * 3 + ["full_attention"], num_attention_heads=s.num_heads,
-            num_key_value_heads=s.sliding_kv_heads, head_dim=s.sliding_head_dim,
-            global_head_dim=s.global_head_dim, num_global_key_value_heads=1, attention_k_eq_v=True,
-            sliding_window=s.sliding_window, rope_parameters=copy.deepcopy(ROPE),
-            pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
+            vocab_size=s.vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            num_attention_heads=s.num_heads,
+            num_key_value_heads=s.sliding_kv_heads,
+            head_dim=s.sliding_head_dim,
+            global_head_dim=s.global_head_dim,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            sliding_window=s.sliding_window,
+            rope_parameters=copy.deepcopy(ROPE),
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            bos_token_id=BOS,
         ),
     )
     acfg.architectures = ["Gemma4UnifiedAssistantForCausalLM"]
