@@ -73,6 +73,8 @@ def test_fresh_machine_build_runs_every_stage_before_the_engine(fresh_build) -> 
     assert (out / "checkpoint" / "config.json").is_file() and (out / "checkpoint" / "rank0.safetensors").is_file()
     assert Plan.load(out / "plan.json").to_dict() == m["plan"]
     assert m["plan"]["max_seq_len"] == 4096  # the preset's 32768 lowered to the tiny model's positions
+    config = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert config["max_position_embeddings"] == m["plan"]["max_position_embeddings"] == 4096
     plugins_done = m["stages"][3]["status"] == "done"
     assert plugins_done == (out / "plugins" / "libtrt_gemma4_plugins.so").is_file()
     if os.environ.get("TRT_GEMMA4_REQUIRE_NVCC") == "1":
@@ -108,10 +110,12 @@ def test_manifest_detects_changed_and_extra_files(fresh_build, tmp_path: Path) -
 def test_require_engines_exits_nonzero(tiny_text_ckpt: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     no_compiler(monkeypatch)
     out = tmp_path / "e"
-    rc = main(["build", "--arch", "sm_100", "--checkpoint", str(tiny_text_ckpt), "-o", str(out), "--require-engines"])
+    argv = ["build", "--arch", "sm_100", "--checkpoint", str(tiny_text_ckpt), "-o", str(out), "--require-engines"]
+    rc = main(argv + ["--max-seq-len", "2048"])
     assert rc == EXIT_NO_ENGINES
     assert "--require-engines and no engine was built" in capsys.readouterr().out
     assert manifest(out)["arch"] == "sm_100" and manifest(out)["cuda_architecture"] == "100"
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["max_position_embeddings"] == 2048
 
 
 def test_missing_tools_are_named_with_how_to_get_them(

@@ -135,16 +135,22 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "-o",
             str(binary),
             "-ldl",
+            "-rdynamic",  # exports the harness's getPluginRegistry() to the library
         ],
         check=True,
     )
     return binary, lib
 
 
-def ask(harness: tuple[Path, Path], *requests: str) -> list[dict]:
+def ask(harness: tuple[Path, Path], *requests: str, env: dict[str, str] | None = None) -> list[dict]:
     binary, lib = harness
     proc = subprocess.run(
-        [str(binary), str(lib)], input="\n".join(requests) + "\n", capture_output=True, text=True, check=True
+        [str(binary), str(lib)],
+        input="\n".join(requests) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -255,3 +261,19 @@ def test_format_combinations_follow_the_input_lists(harness) -> None:
     assert replies[2]["supported"] == [True] * len(target)
     assert replies[3]["supported"] == [True] * len(draft)
     assert replies[4]["supported"][0] is False
+
+
+REGISTERED = [["BlockFp8WoGemm", "1", "trt_gemma4"], ["Gemma4GlobalAttention", "1", "trt_gemma4"]]
+
+
+def test_library_registers_its_creators_when_loaded(harness) -> None:
+    # The harness plays libnvinfer's getPluginRegistry(); the library finds it as it loads (LD_PRELOAD, ctypes).
+    loaded, init = ask(harness, "registered", "init", env={"TRT_GEMMA4_PLUGINS_AUTOREGISTER": "1"})
+    assert loaded == {"calls": 2, "registered": REGISTERED}
+    assert init == {"init": True, "after": {"calls": 2, "registered": REGISTERED}}  # nothing registered twice
+
+
+def test_autoregistration_can_be_switched_off_for_loadlibrary(harness) -> None:
+    loaded, first, second = ask(harness, "registered", "init", "init", env={"TRT_GEMMA4_PLUGINS_AUTOREGISTER": "0"})
+    assert loaded == {"calls": 0, "registered": []}
+    assert first == second == {"init": True, "after": {"calls": 2, "registered": REGISTERED}}

@@ -5,7 +5,7 @@ The tiny target has window 16; prompts are longer, so the sliding ring wraps dur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,15 @@ from trt_gemma4.speculative.torch_drafter import TorchDrafter
 
 MAX_DRAFT = 6
 NEW_TOKENS = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny matrices: one intra-op thread is many times faster than two threads contending on a small CI box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_engine_repository_fills_windows_kv_fraction_and_preloads_plugins(
     trt = _cfg(engine_repo, "tensorrt_llm")
     p = _params(trt)
     assert trt.backend == "tensorrtllm" and trt.model_transaction_policy.decoupled
-    assert p["gpt_model_path"] == "/models/engines/tiny"
+    assert p["gpt_model_path"] == "/models/engines/tiny/engine"
     assert p["gpt_model_type"] == "inflight_fused_batching"
     assert p["kv_cache_free_gpu_mem_fraction"] == "0.9"
     assert p["exclude_input_in_output"] == "true"
@@ -98,7 +98,7 @@ def test_engine_repository_fills_windows_kv_fraction_and_preloads_plugins(
     spec = TrtllmCheckpoint.open(converted_tiny).spec
     assert windows == [256 if spec.is_global(i) else spec.sliding_window for i in spec.layer_range]
     launch = (engine_repo / "launch_triton.sh").read_text()
-    assert 'PLUGIN_LIB="${TRT_GEMMA4_PLUGIN_LIB:-/models/engines/tiny/libtrt_gemma4_plugins.so}"' in launch
+    assert 'PLUGIN_LIB="${TRT_GEMMA4_PLUGIN_LIB:-/models/engines/tiny/plugins/libtrt_gemma4_plugins.so}"' in launch
     assert 'export LD_PRELOAD="$PLUGIN_LIB' in launch
     assert (engine_repo / "launch_triton.sh").stat().st_mode & 0o111
 
@@ -117,19 +117,27 @@ def test_engine_directory_plan_drives_the_limits(converted_tiny: Path, tmp_path:
         max_num_tokens=1024,
         kv_cache_free_gpu_mem_fraction=0.75,
     )
-    engine = tmp_path / "engine"
-    engine.mkdir()
+    # the layout `trt-gemma4 build` writes where TensorRT-LLM is missing (trt_gemma4/build.py)
+    engine = tmp_path / "engines" / "tiny"
+    shutil.copytree(converted_tiny, engine / "checkpoint")
     plan.save(engine / "plan.json")
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(Path(TrtllmCheckpoint.open(converted_tiny).config["gemma4"]["source"]["path"]) / f, engine / f)
+    (engine / "manifest.json").write_text(json.dumps({"engines_built": False}))
     sp = pkg.serving_plan(engine, "engine")
     assert (sp.max_batch_size, sp.max_seq_len, sp.kv_cache_free_gpu_mem_fraction) == (16, 512, 0.75)
     assert sp.attention_windows == plan.max_attention_window
     assert sp.engine_dir == str(engine.resolve())
+    assert sp.plugin_library == str(engine.resolve() / "plugins" / "libtrt_gemma4_plugins.so")
+    assert any("engines_built is false" in n for n in sp.notes)
+    assert (Path(sp.tokenizer_dir) / "tokenizer.json").is_file()  # found through the checkpoint's source path
     out = pkg.write_repository(sp, tmp_path / "out").out
-    assert _params(_cfg(out, "tensorrt_llm"))["max_attention_window_size"] == plan.window_csv()
+    params = _params(_cfg(out, "tensorrt_llm"))
+    assert params["max_attention_window_size"] == plan.window_csv()
+    assert params["gpt_model_path"] == str(engine.resolve() / "engine")
     with pytest.raises(pkg.PackageError, match="exceeds the plan's 16"):
         pkg.serving_plan(engine, "engine", max_batch_size=32)
+    ref = pkg.serving_plan(engine, "reference", max_batch_size=2)
+    assert ref.checkpoint_dir == str((engine / "checkpoint").resolve()) and ref.max_seq_len == 512
+    shutil.rmtree(engine / "checkpoint")
     with pytest.raises(pkg.PackageError, match="reference variant needs the converted checkpoint"):
         pkg.serving_plan(engine, "reference")
 

@@ -210,10 +210,17 @@ def build_plugins(
 
 
 def plugin_sources_hash(arch: str, nvcc: Path, headers: Path, sources: Path = PLUGIN_SOURCES) -> str:
-    """Identifies one plugin build: every file under plugins/, the arch, the compiler and the TensorRT headers."""
-    h = hashlib.sha256(f"{arch}\n{nvcc.resolve()}\n{trt_header_version(headers)}\n".encode())
-    for p in sorted(sources.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
+    """Identifies one plugin build: the library's sources (CMakeLists.txt, kernels/, trt/), the arch, the compiler
+    and the TensorRT headers."""
+    lib_dir = os.environ.get("TENSORRT_LIB_DIR", "")  # decides whether libnvinfer is linked
+    h = hashlib.sha256(f"{arch}\n{nvcc.resolve()}\n{trt_header_version(headers)}\n{lib_dir}\n".encode())
+    files = [
+        sources / "CMakeLists.txt",
+        *sorted((sources / "kernels").rglob("*")),
+        *sorted((sources / "trt").rglob("*")),
+    ]
+    for p in files:
+        if p.is_file():
             h.update(p.relative_to(sources).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
@@ -415,6 +422,11 @@ def _stages(
         log(f"  max_seq_len lowered to the model's max_position_embeddings {spec.max_position_embeddings}")
     plan = make_plan(spec.with_drafter(None), model=model, arch=arch, **plan_arguments(preset, overrides))
     plan.save(staging / "plan.json")
+    # The engine's RoPE tables and position limit follow the plan, not the model's 262k positions.
+    config_path = ckpt_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["max_position_embeddings"] = plan.max_position_embeddings
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     for line in plan.summary().splitlines():
         log(f"  {line}")
     stages.append(StageResult("plan", "done", time.monotonic() - t, "plan.json"))

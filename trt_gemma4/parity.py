@@ -141,6 +141,7 @@ class ParityReport:
     greedy_tokens_equal: int = 0
     greedy_tokens_total: int = 0
     layer_rel_errors: list[float] = field(default_factory=list)  # layer mode: max|Δh| / max|h| after each layer
+    hf_low_precision_rel_error: float | None = None  # HF itself in the backend's (lower) dtype vs the reference
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +151,7 @@ class ParityReport:
             "greedy_tokens_equal": self.greedy_tokens_equal,
             "greedy_tokens_total": self.greedy_tokens_total,
             "layer_rel_errors": self.layer_rel_errors,
+            "hf_low_precision_rel_error": self.hf_low_precision_rel_error,
         }
 
 
@@ -168,9 +170,10 @@ def hf_greedy(model: Any, prompt: Sequence[int], n: int) -> list[int]:
 
 
 def compare_model(backend: TorchBackend, model: Any, prompts: Sequence[Sequence[int]], greedy_tokens: int = 0,
-                  batched: bool = True) -> ParityReport:
+                  batched: bool = True, low_precision_model: Any | None = None) -> ParityReport:
     """Whole-model comparison: every position's logits of every prompt (our prompts run as one batch), then
-    greedy continuations (ours batched) against HF generate."""
+    greedy continuations (ours batched) against HF generate. `model` is the reference; when the backend runs
+    in a lower precision, `low_precision_model` (HF in that dtype) measures how far HF itself lands from it."""
     rep = ParityReport()
     sids = [backend.add_sequence() for _ in prompts]
     try:
@@ -192,6 +195,15 @@ def compare_model(backend: TorchBackend, model: Any, prompts: Sequence[Sequence[
             total += len(p)
     rep.max_abs_logit_error, rep.rel_logit_error = num, num / den
     rep.argmax_agreement = agree / max(total, 1)
+    if low_precision_model is not None:
+        low = 0.0
+        with torch.no_grad():
+            for p in prompts:
+                ids = torch.tensor([list(p)], device=model.device)
+                ref = model(input_ids=ids).logits[0].float()
+                low = max(low, (low_precision_model(input_ids=ids.to(low_precision_model.device)).logits[0].float()
+                                .to(ref.device) - ref).abs().max().item())
+        rep.hf_low_precision_rel_error = low / den
     if greedy_tokens:
         ours_gen = backend.generate(prompts, greedy_tokens)
         for p, g in zip(prompts, ours_gen):
@@ -246,17 +258,23 @@ def compare_layers(backend: TorchBackend, prompts: Sequence[Sequence[int]], dtyp
         try:
             with backend.step([(sid, ids)], all_logits=True) as (ops, packed):
                 ours = gemma4.embed(ops, spec, packed)
-                ref = ours.to(dtype)[None].clone()
+                # HF's Gemma4UnifiedTextScaledWordEmbedding: weight[ids] * embed_scale in the weight dtype
+                table = src.get(gemma4.EMBEDDING).to(dev, dtype)
+                ref = (torch.nn.functional.embedding(ids.to(dev), table)
+                       * torch.tensor(spec.embedding_scale, device=dev).to(dtype))[None]
+                del table
                 shared = KVSharingDict()
                 for s, layers in enumerate(backend.stages):
                     ops.stage = s
                     for i in layers:
                         ours = gemma4.decoder_layer(ops, spec, i, ours)
-                        layer = hf_mod.Gemma4UnifiedTextDecoderLayer(cfg, i).to(dtype).eval()
-                        layer.to(dev)
-                        missing, unexpected = layer.load_state_dict(hf_layer_state(src, spec, i, dtype), strict=False)
-                        if unexpected or [k for k in missing if "layer_scalar" not in k]:
+                        with torch.device("meta"):  # no random init: the layer's memory is its weights only
+                            layer = hf_mod.Gemma4UnifiedTextDecoderLayer(cfg, i).eval()
+                        state = {k: v.to(dev) for k, v in hf_layer_state(src, spec, i, dtype).items()}
+                        missing, unexpected = layer.load_state_dict(state, strict=False, assign=True)
+                        if missing or unexpected:
                             raise RuntimeError(f"layer {i}: HF weights do not line up: {missing} {unexpected}")
+                        del state
                         kind = cfg.layer_types[i]
                         with torch.no_grad():
                             ref = layer(ref, shared_kv_states=shared, position_embeddings=rotary(ref, pos, kind),

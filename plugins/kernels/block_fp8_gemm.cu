@@ -5,11 +5,17 @@
 // math (irrelevant: small M is memory-bound) and M needs no padding to 16:
 //
 //  * streamKernel (small M): no shared memory on the main path. Each thread loads its weight bytes with
-//    16-byte non-allocating global loads straight into registers, one k-block ahead of the math, converts them
-//    to BF16 fragments in registers and feeds the tensor cores. Warps of a CTA share 16-row weight groups and
-//    split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums.
+//    16-byte non-allocating global loads straight into a register ring, DEPTH-1 k-blocks ahead of the math,
+//    converts them to BF16 fragments in registers and feeds the tensor cores. Warps of a CTA share 16-row weight
+//    groups and split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums.
 //  * tiledKernel (larger M): classic multi-stage cp.async pipeline; weight (FP8) and token (BF16) tiles in
 //    shared memory, each warp converts its own weight fragments from shared memory.
+// On sm_90+ every kernel is launched with programmatic dependent launch: it prefetches its (constant) weights
+// while the previous kernel in the stream drains, and touches activations/outputs only after griddepcontrol.wait.
+//
+// Status on sm_90a: the tuned part is the dispatch (tile shapes, ring depth, split-K, thresholds measured on
+// H200, bench/NOTES_gemm.md) and PDL. There is no wgmma/TMA path yet; for M ≥ ~128 these mma.sync kernels run
+// at ~0.4x of cuBLAS BF16, and callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512.
 //
 // ---- The K permutation that makes 16-byte weight loads line up with the mma fragment -------------------------
 // The m16n8k16 A fragment wants, for thread (g = lane/4, t = lane%4), the elements of rows g and g+8 at logical
@@ -734,17 +740,22 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
         c.splits = chooseSplits(ctas, (18 * sms) / 10, M <= 32 ? 8 : 4, kBlocks, 2);
     } else if (M <= 128) {
-        c.tile = 1;  // 128 x 128
+        // 128 x 128, or 64 x 64 where 128-row tiles would leave most SMs idle (small N, or small K that
+        // cannot be split much).
+        const bool few = ceilDiv(N, 128) * ceilDiv(M, 128) < 48 && (K < 8192 || N <= 2048);
+        c.tile = few ? 2 : 1;
         const TileDims d = tileDims(c.tile);
         const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
         // Still memory-bound: a split's FP32 partials (written, read back) must stay small next to the weights.
-        const int trafficCap = std::max(1, K / (8 * M));
-        c.splits = chooseSplits(ctas, (18 * sms) / 10, std::min(4, trafficCap), kBlocks, 2);
+        const int trafficCap = few ? 8 : std::max(1, K / (8 * M));
+        c.splits = chooseSplits(ctas, (18 * sms) / 10, std::min(few ? 8 : 4, trafficCap), kBlocks, 2);
     } else {
-        c.tile = 3;  // 128 x 256, 8 warps
+        // 128 x 256 with 8 warps; 128 x 128 with a deeper split where N is too small for that.
+        const bool few = ceilDiv(N, 128) * ceilDiv(M, 256) < 24;
+        c.tile = few ? 1 : 3;
         const TileDims d = tileDims(c.tile);
         const int ctas = ceilDiv(N, d.bn) * ceilDiv(M, d.bm);
-        c.splits = chooseSplits(ctas, (9 * sms) / 10, 4, kBlocks, 4);
+        c.splits = chooseSplits(ctas, (9 * sms) / 10, few ? 8 : 4, kBlocks, 2);
     }
     return c;
 }

@@ -445,8 +445,8 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
         const int j0 = (tile_first + my_first + t) * kBN;
 
         // ---- S = Q K^T for this warp's 8 tokens. Four independent accumulator chains per m-tile (MMA of the even /
-        // odd half of each 32-dim chunk, even / odd chunk) so that consecutive MMAs do not wait on each other: with
-        // one CTA per SM, a single dependent chain of D/16 MMAs would set the time of a tile.
+        // odd half of each 32-dim chunk, even / odd chunk) so that consecutive MMAs do not wait on each other
+        // (only 2 warps per scheduler hide latency: one CTA per SM).
         float s_part[MT][4][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)

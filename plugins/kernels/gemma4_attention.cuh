@@ -91,7 +91,7 @@ size_t attention_workspace_bytes(const AttentionProblem& p, int32_t num_splits);
 cudaError_t attention(const AttentionProblem& p, const void* q, void* out, void* workspace, size_t workspace_bytes,
                       cudaStream_t stream);
 
-// Global-layer K/V of the new tokens into the cache (one KV head of head_dim dims):
+// Global-layer K/V of the new tokens into the cache (one KV head of head_dim = 128, 256 or 512 dims):
 //   x = k_raw (bf16 [num_tokens][head_dim]); xn = x / sqrt(mean(x^2) + eps) (fp32)
 //   V = xn;  K = RoPE(xn * k_norm_weight) at the token's position (kv_lens[b] - q_len + i)
 // then quantised with the K and V scales of `kv` and stored at the token's slot.

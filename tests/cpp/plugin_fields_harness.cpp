@@ -2,11 +2,16 @@
 // library, takes the creators from getCreators() (the IPluginRegistry::loadLibrary entry point), creates plugins
 // from field collections, and reads back what they would serialize. Used by tests/test_plugin_fields.py.
 //
+// The harness also stands in for libnvinfer's getPluginRegistry() (exported from the executable, link with
+// -rdynamic) with a registry that records registrations, so the library's own registration can be observed.
+//
 // Usage: plugin_fields_harness LIB < requests; one JSON line out per request line:
 //   names                                      -> creators with name, version, namespace and getFieldNames()
 //   create PLUGIN [field:int32|float32:value]  -> fields serialized at build, after a kRUNTIME re-creation from
 //                                                  them, and after clone() (or {"ok": false} when rejected)
 //   formats PLUGIN [fields...] | T0 T1 ...     -> supportsFormatCombination per position (bf16 fp8 f32 i32 i64)
+//   registered                                 -> what the library registered so far (name, version, namespace)
+//   init                                       -> calls initTrtGemma4Plugins(nullptr), then as `registered`
 #include <NvInferRuntime.h>
 
 #include <dlfcn.h>
@@ -23,6 +28,104 @@
 using namespace nvinfer1;
 
 namespace {
+
+// Records registerCreator() calls; the rest of IPluginRegistry (NvInferRuntimeCommon.h) is not used by the library.
+class RecordingRegistry : public IPluginRegistry
+{
+public:
+    std::vector<std::pair<IPluginCreatorV3One*, std::string>> registered;
+    int32_t calls{0};
+
+    bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const ns) noexcept override
+    {
+        ++calls;
+        auto* c = static_cast<IPluginCreatorV3One*>(&creator);
+        if (getCreator(c->getPluginName(), c->getPluginVersion(), ns) != nullptr)
+            return false; // TensorRT refuses a second creator of the same type
+        registered.emplace_back(c, ns);
+        return true;
+    }
+    IPluginCreatorInterface* getCreator(
+        AsciiChar const* const name, AsciiChar const* const version, AsciiChar const* const ns) noexcept override
+    {
+        for (auto const& [c, cns] : registered)
+            if (std::strcmp(c->getPluginName(), name) == 0 && std::strcmp(c->getPluginVersion(), version) == 0
+                && cns == ns)
+                return c;
+        return nullptr;
+    }
+    bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override
+    {
+        return false;
+    }
+    IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override
+    {
+        *n = 0;
+        return nullptr;
+    }
+    IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept
+        override
+    {
+        return nullptr;
+    }
+    void setErrorRecorder(IErrorRecorder* const) noexcept override {}
+    IErrorRecorder* getErrorRecorder() const noexcept override
+    {
+        return nullptr;
+    }
+    bool deregisterCreator(IPluginCreator const&) noexcept override
+    {
+        return false;
+    }
+    bool isParentSearchEnabled() const override
+    {
+        return false;
+    }
+    void setParentSearchEnabled(bool const) override {}
+    PluginLibraryHandle loadLibrary(AsciiChar const*) noexcept override
+    {
+        return nullptr;
+    }
+    void deregisterLibrary(PluginLibraryHandle) noexcept override {}
+    IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override
+    {
+        *n = 0;
+        return nullptr;
+    }
+    bool deregisterCreator(IPluginCreatorInterface const&) noexcept override
+    {
+        return false;
+    }
+    IPluginResource* acquirePluginResource(AsciiChar const*, IPluginResource*) noexcept override
+    {
+        return nullptr;
+    }
+    int32_t releasePluginResource(AsciiChar const*) noexcept override
+    {
+        return 0;
+    }
+    IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept override
+    {
+        *n = 0;
+        return nullptr;
+    }
+};
+
+RecordingRegistry gRegistry;
+
+std::string registeredJson()
+{
+    std::ostringstream os;
+    os << "{\"calls\": " << gRegistry.calls << ", \"registered\": [";
+    for (size_t i = 0; i < gRegistry.registered.size(); ++i)
+    {
+        auto const& [c, ns] = gRegistry.registered[i];
+        os << (i ? ", " : "") << "[\"" << c->getPluginName() << "\", \"" << c->getPluginVersion() << "\", \"" << ns
+           << "\"]";
+    }
+    os << "]}";
+    return os.str();
+}
 
 using GetCreatorsFn = IPluginCreatorInterface* const* (*) (int32_t&);
 
@@ -104,6 +207,12 @@ DataType parseType(std::string const& s)
 
 } // namespace
 
+// Stands in for libnvinfer's registry (NvInferRuntime.h: extern "C" getPluginRegistry()).
+extern "C" __attribute__((visibility("default"))) IPluginRegistry* getPluginRegistry() noexcept
+{
+    return &gRegistry;
+}
+
 int main(int argc, char** argv)
 {
     if (argc != 2)
@@ -141,6 +250,20 @@ int main(int argc, char** argv)
         std::istringstream in(line);
         std::string cmd;
         in >> cmd;
+        if (cmd == "registered")
+        {
+            std::cout << registeredJson() << std::endl;
+            continue;
+        }
+        if (cmd == "init")
+        {
+            using InitFn = bool (*)(void*);
+            auto init = reinterpret_cast<InitFn>(dlsym(lib, "initTrtGemma4Plugins"));
+            bool const ok = init != nullptr && init(nullptr);
+            std::cout << "{\"init\": " << (ok ? "true" : "false") << ", \"after\": " << registeredJson() << "}"
+                      << std::endl;
+            continue;
+        }
         if (cmd == "names")
         {
             std::cout << "[";

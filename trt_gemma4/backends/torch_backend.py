@@ -138,7 +138,7 @@ class PagedKVCache:
             slots = pool.cyclic_len or self.cfg.max_seq_len
             max_blocks = -(-slots // pool.tokens_per_block)
             st.blocks[k] = []
-            st.offsets[k] = torch.zeros(2, max_blocks, dtype=torch.int32)
+            st.offsets[k] = torch.zeros(2, max_blocks, dtype=torch.int32, device=self.device)
             st.slot_positions[k] = torch.full((max_blocks * pool.tokens_per_block,), -1, dtype=torch.long)
         self.sequences[sid] = st
         return sid
@@ -175,6 +175,7 @@ class PagedKVCache:
 
     def write(self, layer: int, sid: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K/V [n, kv_heads, head_dim] of the tokens at `positions` (a ring keeps only its last slots)."""
+        positions = positions.cpu()
         kind = self.kind(layer)
         pool, st = self.pools[kind], self.sequences[sid]
         if pool.cyclic_len is not None and positions.numel() > pool.cyclic_len:
@@ -188,6 +189,7 @@ class PagedKVCache:
         """K/V [n, kv_heads, head_dim] (fp32, or the storage dtype if wider) of cached tokens at `positions`."""
         kind = self.kind(layer)
         pool, st = self.pools[kind], self.sequences[sid]
+        positions = positions.cpu()
         if positions.numel() == 0:
             empty = torch.empty(0, self.spec.kv_heads(layer), self.spec.head_dim(layer), dtype=self.acc,
                                 device=self.device)

@@ -39,8 +39,10 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 
-# TensorRT 10.14 Python API: get_plugin_registry, PluginField(Collection), PluginFieldType, TensorRTPhase
-# (python/packaging/bindings_wheel/tensorrt, the IPluginV3 pattern of research/trtllm.md §4.3).
+# TensorRT 10.14 Python API (the IPluginV3 pattern of research/trtllm.md §4.3): get_plugin_registry().get_creator(
+# name, version, plugin_namespace), PluginField(name, data, type), PluginFieldCollection(fields), TensorRTPhase,
+# IPluginCreatorV3One.create_plugin(name, field_collection, phase) (TensorRT Python API reference, infer/Plugin),
+# INetworkDefinition.add_plugin_v3(inputs, shape_inputs, plugin) (TensorRT OSS python/src/infer/pyGraph.cpp).
 import tensorrt as trt
 
 # tensorrt_llm/_common.py: default_net() is the Network being built, default_trtnet() its INetworkDefinition.

@@ -77,8 +77,9 @@ class ConvertedCheckpoint:
         m = _LAYER_RE.match(name)
         if m:
             stage = self.ckpt.stage_of(int(m.group(1)))
-        elif stage is None:
-            stage = 0
+        elif stage is None:  # the embedding is on the first and the last stage, ln_f on the last
+            held = [s for s in range(self.pp) if name in self.ckpt.entries[self.ckpt.rank(tp_rank, s)]]
+            stage = held[0] if held else 0
         return self.ckpt.tensor(self.ckpt.rank(tp_rank, stage), name)
 
     def checkpoint_kv_scales(self, layer: int) -> KVScales | None:

@@ -282,7 +282,7 @@ class HttpClient:
                 msg = body
             raise ServerError(f"{self.model}: HTTP {e.code}: {msg}") from None
         except TimeoutError:
-            raise RequestTimeout(f"{self.model}: no answer within {timeout:.0f} s") from None
+            raise RequestTimeout(f"{self.model}: no answer within {timeout:g} s") from None
         except urllib.error.URLError as e:
             raise ServerError(f"{self.model}: cannot reach {self.base}: {e.reason}") from None
 
@@ -313,11 +313,11 @@ class HttpClient:
         with self._open("generate_stream", payload, limit) as r:
             for _ in range(1 << 20):  # bounded: far more events than any request produces
                 if time.monotonic() > deadline:
-                    raise RequestTimeout(f"{self.model}: stream not finished within {limit:.0f} s (closed)")
+                    raise RequestTimeout(f"{self.model}: stream not finished within {limit:g} s (closed)")
                 try:
                     line = r.readline()
                 except TimeoutError:
-                    raise RequestTimeout(f"{self.model}: no event within {limit:.0f} s (closed)") from None
+                    raise RequestTimeout(f"{self.model}: no event within {limit:g} s (closed)") from None
                 if not line:
                     return
                 line = line.strip()

@@ -18,7 +18,7 @@ DEFAULT_PROMPT = "Write a short story about a robot who learns to paint."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("url", help="grpc://HOST:PORT (default scheme here) or http://HOST:PORT")
+    p.add_argument("url", help="grpc://HOST:PORT or http://HOST:PORT (HOST:PORT alone: http)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--requests", type=int, default=64, help="requests to send in all (default 64, at most 100000)")
     p.add_argument("--duration", type=float, default=300.0, help="stop sending after this many seconds (default 300)")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1 or not 1 <= args.requests <= 100_000 or args.duration <= 0 or args.max_tokens < 1:
         raise Gemma4Error("--concurrency >= 1, 1 <= --requests <= 100000, --duration > 0 and --max-tokens >= 1")
-    url = args.url if "://" in args.url else f"grpc://{args.url}"
+    url = args.url if "://" in args.url else f"http://{args.url}"
     make_client(url, args.model)  # checks the scheme before any request
     prompts = args.prompt or [DEFAULT_PROMPT]
     cfg = BenchConfig(

@@ -1,7 +1,8 @@
 """Write the Triton model repository (preprocessing, tensorrt_llm, postprocessing, ensemble, tensorrt_llm_bls).
 
-SRC is an engine directory (trt-gemma4 build; its plan.json gives the limits, the per-layer attention windows and
-the KV memory fraction) or a converted checkpoint (trt-gemma4 convert). Variants:
+SRC is the output of `trt-gemma4 build` (its plan.json gives the limits, the per-layer attention windows and the
+KV memory fraction; engine/ is served, plugins/ preloaded, checkpoint/ used by the reference variant) or a
+converted checkpoint (trt-gemma4 convert; --plan adds a plan). Variants:
   engine     tensorrt_llm runs the engine on TensorRT-LLM's C++ backend, our plugin library preloaded by
              OUT/launch_triton.sh (in the NGC container nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3);
   reference  tensorrt_llm is a python model running the torch backend on the converted checkpoint (CPU), with
@@ -31,9 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine-dir",
         metavar="PATH",
-        help="engine directory as the server sees it (default: SRC when it is an engine directory)",
+        help="the build's output directory (engine/, plugins/) as the server sees it (default: SRC when it is one)",
     )
-    p.add_argument("--plugin-lib", metavar="PATH", help="plugin library to preload (default: in the engine dir)")
+    p.add_argument(
+        "--plugin-lib", metavar="PATH", help="library to preload (default: ENGINE_DIR/plugins/libtrt_gemma4_plugins.so)"
+    )
     p.add_argument("--max-batch-size", type=int, help="at most the plan's (default: the plan's, else 8)")
     p.add_argument("--max-input-len", type=int, help="longest prompt in tokens (default: the plan's)")
     p.add_argument("--max-seq-len", type=int, help="prompt + generated tokens (default: the plan's)")
@@ -69,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  max_attention_window_size {','.join(map(str, plan.attention_windows))}")
     if plan.variant == "engine":
-        print(f"  engine {plan.engine_dir}, plugin library {plan.plugin_library} (preloaded by launch_triton.sh)")
+        print(
+            f"  engine {plan.engine_dir}/engine, plugin library {plan.plugin_library} (preloaded by launch_triton.sh)"
+        )
     else:
         print(f"  checkpoint {plan.checkpoint_dir} (torch backend, CPU)")
+    for note in plan.notes:
+        print(f"  note: {note}")
     print(f"start it with: {result.out}/launch_triton.sh --http-port=8000 --grpc-port=8001")
     return 0

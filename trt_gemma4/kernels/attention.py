@@ -44,7 +44,8 @@ Both accept ``out`` (shaped like q): the result is written there and returned.
 
 GPU specifics: the kernels take bfloat16 q / k_raw (other dtypes are converted, the result converted back) and
 compute in fp32 with f16 (FP8 pool) or bf16 (BF16 pool) tensor-core operands, so GPU results match the reference to
-bf16 rounding, not bit for bit. The host needs the batch's maximum lengths to size the launch; they are read from
+bf16 rounding, not bit for bit. A cyclic pool smaller than 64 slots (the tiny test model's ring) is read by the
+reference on the GPU. The host needs the batch's maximum lengths to size the launch; they are read from
 the length tensors (a device sync when those live on the GPU).
 """
 
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 _SUPPORTED_HEAD_DIMS = (64, 128, 256, 512)
+_MIN_KERNEL_RING = 64  # smallest cyclic pool the CUDA kernel reads (gemma4_attention.cuh: cyclic_len >= 64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -530,8 +532,23 @@ def draft_attention(
     kl, qp, kvh, win = _check_draft_args(q, pool, layer, block_offsets, kv_lens, q_positions, inv_freq, window)
     if pool.data.device != q.device or block_offsets.device != q.device:
         raise ValueError(f"pool ({pool.data.device}) and block_offsets ({block_offsets.device}) must be on {q.device}")
-    if pool.cyclic_len and pool.cyclic_len < 64:
-        raise ValueError(f"the CUDA kernel needs a ring of at least 64 slots, the pool has {pool.cyclic_len}")
+    if pool.cyclic_len and pool.cyclic_len < _MIN_KERNEL_RING:
+        # The kernel walks rings of at least one 64-token tile; the tiny test model's 16-slot ring runs the
+        # reference, which is plain torch and runs on the GPU as well.
+        return draft_attention_reference(
+            q,
+            pool,
+            layer,
+            block_offsets,
+            kv_lens,
+            q_positions,
+            inv_freq=inv_freq,
+            window=window,
+            k_scale=k_scale,
+            v_scale=v_scale,
+            scale=scale,
+            out=out,
+        )
     ops = _cuda_ops()
     dev = q.device
     batch = q.shape[0]

@@ -11,13 +11,18 @@ One round, per sequence (research/gemma4_arch.md §4.2–4.3):
      next step overwrites them;
   6. the next seed is (g_m, hidden of the token at index m).
 Every emitted token is a target argmax over exactly the tokens a plain greedy decode would have fed, so the output
-equals greedy target decoding token for token (fp32); the drafter only changes how many target steps it takes.
+equals greedy target decoding token for token; the drafter only changes how many target steps it takes. That holds
+exactly with fp32 compute and an fp32 KV cache. With FP8 or BF16 KV storage (or bf16 compute) the (k+1)-row verify
+step and a 1-row decode step compute K/V with different GEMM blockings, a last-bit difference can round a K/V element
+to the neighbouring FP8 value, and a near-tie argmax can flip (measured on the random tiny model: FP8 KV keeps
+about half to all of 96 greedy tokens, BF16 KV all).
 
 The sliding ring: the verify step writes k+1 entries. In a ring of exactly `window` slots they would overwrite
 keys that the step's own first query still needs (TRT-LLM writes before it attends), and after a rejection the
 next step would miss keys that the rejected drafts' writes replaced. A ring of window + max draft length holds
 every key any query of the step or of the next round can see; the torch backend sizes its ring that way
-(CacheConfig.max_draft_len) and raises if a needed slot was overwritten (`check_ring`).
+(CacheConfig.max_draft_len; `check_ring` refuses a smaller one) and its cache raises if a slot it reads was
+overwritten.
 """
 
 from __future__ import annotations

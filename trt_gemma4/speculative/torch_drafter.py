@@ -56,7 +56,7 @@ class DrafterOps:
         xf = x.float().reshape(-1, head_dim) if head_dim else x.float()
         y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
         if weight is not None:
-            y = y * self.ckpt.get(weight).float().to(self.device)
+            y = y * self._get(weight).float()  # stored bf16: exact in any compute dtype
         return y.reshape(shape).to(self.dtype)
 
     def parameter(self, name: str) -> torch.Tensor:

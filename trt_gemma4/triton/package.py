@@ -24,7 +24,7 @@ import shutil
 import string
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class ServingPlan:
     decoupled: bool
     tokenizer_dir: str
     checkpoint_dir: str | None  # reference: the converted checkpoint the torch backend loads
-    engine_dir: str | None  # engine: where the engine directory is when the server runs
+    engine_dir: str | None  # engine: the build's output directory (engine/, plugins/) as the server sees it
     plugin_library: str | None  # engine: our TensorRT plugin library, preloaded by launch_triton.sh
     world_size: int = 1
     enable_kv_cache_reuse: bool = False
@@ -81,6 +81,7 @@ class ServingPlan:
     max_queue_size: int = 0
     python_instances: int = 1
     source: str = ""  # what the numbers came from
+    notes: list[str] = field(default_factory=list)  # things the user should know (printed by the command)
 
 
 def _tokenizer_source(candidates: list[Path], given: str | Path | None) -> Path:
@@ -134,27 +135,38 @@ def serving_plan(
     if not src.is_dir():
         raise PackageError(f"{src}: no such directory (expected an engine directory or a converted checkpoint)")
     tok_candidates = [src]
-    if (src / "plan.json").is_file():  # an engine directory (trt-gemma4 build)
-        if variant == "reference":
-            raise PackageError(f"{src} is an engine directory: the reference variant needs the converted checkpoint")
+    notes: list[str] = []
+    checkpoint: Path | None = src
+    if (src / "plan.json").is_file():  # an engine directory written by `trt-gemma4 build` (build.py)
         plan = Plan.load(plan_file or src / "plan.json")
-        spec = None
-        world = plan.tp
         engine_dir = engine_dir or str(src.resolve())
+        checkpoint = src / "checkpoint" if (src / "checkpoint" / "config.json").is_file() else None
+        if variant == "reference" and checkpoint is None:
+            raise PackageError(
+                f"{src} holds no checkpoint/ (the build removes it once engines exist unless kept): the reference "
+                "variant needs the converted checkpoint; pass it as SRC"
+            )
+        manifest = src / "manifest.json"
+        if variant == "engine" and manifest.is_file() and not json.loads(manifest.read_text()).get("engines_built"):
+            notes.append(f"{manifest}: engines_built is false; build the engine before serving this repository")
         source = f"engine directory {src}"
     else:
+        plan = Plan.load(plan_file) if plan_file else None
+        source = f"converted checkpoint {src}" + (f" and plan {plan_file}" if plan_file else "")
+    spec = None
+    world = plan.tp if plan else 1
+    if checkpoint is not None:
         from trt_gemma4.checkpoint.trtllm import TrtllmCheckpoint
 
-        ckpt = TrtllmCheckpoint.open(src)
+        ckpt = TrtllmCheckpoint.open(checkpoint)
         try:
             spec, world, config = ckpt.spec, ckpt.world_size, ckpt.config
         finally:
             ckpt.close()
+        tok_candidates.append(checkpoint)
         origin = (config.get("gemma4") or {}).get("source", {}).get("path")
         if origin:
             tok_candidates.append(Path(origin))
-        plan = Plan.load(plan_file) if plan_file else None
-        source = f"converted checkpoint {src}" + (f" and plan {plan_file}" if plan_file else "")
     seq = _limit(
         "max_seq_len",
         max_seq_len,
@@ -185,7 +197,7 @@ def serving_plan(
                 f"{src} is a converted checkpoint: the engine variant needs --engine-dir, the engine directory "
                 "(trt-gemma4 build) as the server will see it"
             )
-        plugin = plugin_library or str(Path(engine_dir) / LIBRARY_NAME)
+        plugin = plugin_library or str(Path(engine_dir) / "plugins" / LIBRARY_NAME)
     else:
         if world != 1:
             raise PackageError(
@@ -202,13 +214,14 @@ def serving_plan(
         kv_cache_free_gpu_mem_fraction=fraction,
         decoupled=decoupled,
         tokenizer_dir=str(_tokenizer_source(tok_candidates, tokenizer).resolve()),
-        checkpoint_dir=str(src.resolve()) if variant == "reference" else None,
+        checkpoint_dir=str(checkpoint.resolve()) if variant == "reference" and checkpoint else None,
         engine_dir=engine_dir if variant == "engine" else None,
         plugin_library=plugin,
         world_size=world,
         enable_kv_cache_reuse=bool(plan.enable_kv_cache_reuse) if plan else False,
         enable_chunked_context=bool(plan.enable_chunked_context) if plan else False,
         source=source,
+        notes=notes,
     )
 
 
@@ -230,7 +243,7 @@ def template_values(plan: ServingPlan) -> dict[str, Any]:
         "bls_instances": plan.python_instances,
         "max_beam_width": 1,
         "gpt_model_type": "inflight_fused_batching" if engine else UNSET,
-        "gpt_model_path": plan.engine_dir if engine else UNSET,
+        "gpt_model_path": str(Path(plan.engine_dir) / "engine") if engine and plan.engine_dir else UNSET,
         "max_attention_window_size": ",".join(str(w) for w in plan.attention_windows),
         "kv_cache_free_gpu_mem_fraction": plan.kv_cache_free_gpu_mem_fraction if engine else UNSET,
         "max_tokens_in_paged_kv_cache": UNSET,
