@@ -3,6 +3,7 @@ and the messages for missing tools. The engine stage itself is exercised with a 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -76,7 +77,7 @@ def test_fresh_machine_build_runs_every_stage_before_the_engine(fresh_build) -> 
     config = json.loads((out / "checkpoint" / "config.json").read_text())
     assert config["max_position_embeddings"] == m["plan"]["max_position_embeddings"] == 4096
     plugins_done = m["stages"][3]["status"] == "done"
-    assert plugins_done == (out / "plugins" / "libtrt_gemma4_plugins.so").is_file()
+    assert plugins_done == (out / "libtrt_gemma4_plugins.so").is_file()
     if os.environ.get("TRT_GEMMA4_REQUIRE_NVCC") == "1":
         assert plugins_done, m["stages"][3]
     assert not list(out.parent.glob(".engine-dir.tmp-*"))  # the staging directory was renamed, not left behind
@@ -136,7 +137,7 @@ def test_missing_tools_are_named_with_how_to_get_them(
         assert how in printed
     stages = {s["name"]: s for s in manifest(out)["stages"]}
     assert stages["plugins"]["status"] == "skipped" and "nvcc, cmake" in stages["plugins"]["detail"]
-    assert not (out / "plugins").exists()
+    assert not (out / "libtrt_gemma4_plugins.so").exists()
 
 
 def test_existing_output_is_refused(tiny_text_ckpt: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -163,18 +164,29 @@ def test_failed_build_leaves_nothing_behind(tiny_text_ckpt: Path, tmp_path: Path
 
 def test_engine_stage_hands_over_to_the_backend(fresh_build, tiny_text_ckpt: Path, tmp_path: Path, monkeypatch):
     _, first, _ = fresh_build
-    library = first / "plugins" / "libtrt_gemma4_plugins.so"
+    library = first / "libtrt_gemma4_plugins.so"
     if not library.is_file():
         pytest.skip("the plugin library was not built (no nvcc/cmake/TensorRT headers here)")
     calls = []
 
-    def build_engine(checkpoint_dir: Path, plan: Plan, plugin_library: Path, engine_dir: Path) -> None:
-        calls.append((checkpoint_dir.name, plan.arch, plugin_library.name))
-        engine_dir.mkdir()
-        (engine_dir / "rank0.engine").write_bytes(b"engine")
+    @dataclasses.dataclass(frozen=True)
+    class EngineBuildOptions:  # the fields trt_gemma4.backends.trtllm_backend.EngineBuildOptions has
+        max_batch_size: int
+        max_input_len: int
+        max_seq_len: int
+        max_num_tokens: int
+        tokens_per_block: int
+        kv_cache_dtype: str
+
+    def build_engines(ckpt_dir: Path, engine_dir: Path, plugin_library: Path, options, *, log) -> Path:
+        calls.append((Path(ckpt_dir).name, Path(plugin_library).name, options))
+        (Path(engine_dir) / "config.json").write_text("{}")
+        (Path(engine_dir) / "rank0.engine").write_bytes(b"engine")
+        return Path(engine_dir)
 
     backend = types.ModuleType("trt_gemma4.backends.trtllm_backend")
-    backend.build_engine = build_engine  # type: ignore[attr-defined]
+    backend.EngineBuildOptions = EngineBuildOptions  # type: ignore[attr-defined]
+    backend.build_engines = build_engines  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "trt_gemma4.backends.trtllm_backend", backend)
     monkeypatch.setattr(trt_gemma4.backends, "trtllm_backend", backend, raising=False)
     monkeypatch.setattr(build_mod, "tensorrt_llm_available", lambda: True)
@@ -182,8 +194,32 @@ def test_engine_stage_hands_over_to_the_backend(fresh_build, tiny_text_ckpt: Pat
     out = tmp_path / "e"
     argv = ["build", "--arch", "sm_90", "--checkpoint", str(tiny_text_ckpt), "-o", str(out), "--require-engines"]
     assert main(argv + ["--no-keep-checkpoint"]) == 0
-    assert calls == [("checkpoint", "sm_90", "libtrt_gemma4_plugins.so")]
+    plan = Plan.load(out / "plan.json")
+    assert calls == [
+        (
+            "checkpoint",
+            "libtrt_gemma4_plugins.so",
+            EngineBuildOptions(plan.max_batch_size, plan.max_input_len, 4096, 8192, 32, "fp8"),
+        )
+    ]
     m = manifest(out)
     assert m["engines_built"] is True and m["missing"] == []
-    assert "engine/rank0.engine" in m["files"] and not (out / "checkpoint").exists()
+    assert m["stages"][4]["detail"] == "config.json, rank0.engine"
+    assert {"rank0.engine", "config.json", "libtrt_gemma4_plugins.so"} <= set(m["files"])
+    assert not (out / "checkpoint").exists()
     assert verify_manifest(out) == []
+    # A plan asking for what this backend cannot do is refused with a one-line reason.
+    argv2 = ["build", "--arch", "sm_90", "--checkpoint", str(tiny_text_ckpt), "-o", str(tmp_path / "f")]
+    assert main(argv2 + ["--paged-context-fmha-override"]) == 1
+
+
+def test_plan_reads_the_converted_checkpoint(fresh_build, capsys) -> None:
+    from trt_gemma4.plan import spec_for_checkpoint
+    from trt_gemma4.spec import Gemma4Spec
+
+    _, out, _ = fresh_build
+    config = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert spec_for_checkpoint(out / "checkpoint") == Gemma4Spec.from_dict(config["gemma4"]["spec"])
+    assert main(["plan", "--checkpoint", str(out / "checkpoint"), "--max-seq-len", "1024", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["max_attention_window"] == ([16] * 5 + [1024]) * 2  # the tiny model's 16-token window

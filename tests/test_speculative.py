@@ -58,24 +58,44 @@ def greedy(backend: TorchBackend, prompts: list[list[int]]) -> list[list[int]]:
     return backend.generate(prompts, NEW_TOKENS)
 
 
+@pytest.fixture(scope="module")
+def full_hidden(backend: TorchBackend, prompts: list[list[int]], greedy: list[list[int]]) -> list[torch.Tensor]:
+    """Post-final-norm hidden of every position of prompt + greedy continuation (one prefill step)."""
+    sids = [backend.add_sequence() for _ in prompts]
+    try:
+        out = backend.forward([(s, p + g) for s, p, g in zip(sids, prompts, greedy)], all_logits=True)
+    finally:
+        for s in sids:
+            backend.free(s)
+    return out.hidden
+
+
 class Oracle:
-    """Drafts the greedy continuation for `right` tokens of each round, then wrong tokens; it also checks that
-    the target's cache was rolled back to exactly the accepted tokens before each round."""
+    """Drafts the greedy continuation for `right` tokens of each round, then wrong tokens. It checks each seed: the
+    cache was rolled back to exactly the accepted tokens, the seed token is the target's next greedy token, and the
+    seed hidden is the target's post-norm hidden of the last accepted token (position length - 1)."""
 
     def __init__(
-        self, backend: TorchBackend, prompts: Sequence[Sequence[int]], greedy: list[list[int]], right: int
+        self,
+        backend: TorchBackend,
+        prompts: Sequence[Sequence[int]],
+        greedy: list[list[int]],
+        right: int,
+        hidden: list[torch.Tensor] | None = None,
     ) -> None:
-        self.backend, self.right = backend, right
+        self.backend, self.right, self.hidden = backend, right, hidden
         self.full = [list(p) + g for p, g in zip(prompts, greedy)]
         self.by_seq: dict[int, int] = {}
         self.rounds = 0
 
     def propose(self, seeds: Sequence[tuple[int, int, torch.Tensor]], ks: Sequence[int]) -> list[list[int]]:
         out = []
-        for (sid, tok, _), k in zip(seeds, ks):
+        for (sid, tok, h), k in zip(seeds, ks):
             j = self.by_seq.setdefault(sid, len(self.by_seq))
             n = self.backend.length(sid)  # the seed token is not cached yet
             assert self.full[j][n] == tok, "the seed must be the target's greedy token at the cached length"
+            if self.hidden is not None:
+                torch.testing.assert_close(h, self.hidden[j][n - 1], atol=1e-4, rtol=1e-4)
             truth = self.full[j][n + 1 : n + 1 + k]
             out.append([t if i < self.right else (t + 1) % 500 for i, t in enumerate(truth)])
         self.rounds += 1
@@ -176,11 +196,16 @@ def test_speculative_equals_greedy(
 
 @pytest.mark.parametrize(("k", "right"), [(1, 1), (4, 4), (4, 2), (6, 0), (6, 5)])
 def test_acceptance_and_rollback(
-    backend: TorchBackend, prompts: list[list[int]], greedy: list[list[int]], k: int, right: int
+    backend: TorchBackend,
+    prompts: list[list[int]],
+    greedy: list[list[int]],
+    full_hidden: list[torch.Tensor],
+    k: int,
+    right: int,
 ) -> None:
     """Drafts right for `right` tokens of each round: every round accepts min(right, k) (until the last rounds,
     which draft less), the bonus token follows, rejected drafts are rolled back, and the output is greedy's."""
-    oracle = Oracle(backend, prompts, greedy, right)
+    oracle = Oracle(backend, prompts, greedy, right, full_hidden)
     res = decoding.generate(backend, oracle, prompts, NEW_TOKENS, k)
     assert res.tokens == greedy
     for st in res.stats:

@@ -361,3 +361,27 @@ def test_inflight_batcher_rejects_requests_it_cannot_hold(converted_tiny: Path) 
             batcher.submit([2, 10**6], _sampling(), lambda ev: None, lambda: False)
     finally:
         batcher.close()
+
+
+def test_client_names_fields_of_the_wrong_type() -> None:
+    from trt_gemma4.client import GenerateRequest
+    from trt_gemma4.client.triton import type_problems
+
+    fields = GenerateRequest("hi", max_tokens=8, top_k=1, stop_words=["x"], enable_thinking=True).fields(stream=True)
+    assert fields == {
+        "text_input": "hi",
+        "max_tokens": 8,
+        "stream": True,
+        "top_k": 1,
+        "enable_thinking": True,
+        "stop_words": ["x"],
+    }
+    assert type_problems(fields) == []
+    bad = {"text_input": 3, "max_tokens": "ten", "temperature": True, "stream": 1, "stop_words": ["a", 2]}
+    assert type_problems(bad) == [
+        "text_input must be a string, got 3",
+        "max_tokens must be a number (int32), got 'ten'",
+        "temperature must be a number (float32), got True",
+        "stream must be true/false, got 1",
+        "stop_words must be a string, got ['a', 2]",
+    ]

@@ -1,12 +1,13 @@
 """`trt-gemma4 build`: validate -> convert -> plan -> build the plugin library -> build the engine -> manifest.
 
-The output directory engines/<name>/ appears atomically (a temp directory beside it is renamed at the end):
+The output directory engines/<name>/ appears atomically (a temp directory beside it is renamed at the end). It is
+itself the engine directory the runtime and Triton are pointed at:
 
-    checkpoint/                 our TRT-LLM checkpoint (docs/checkpoint_format.md), input of the engine build
-    plan.json                   trt_gemma4.plan.Plan
-    plugins/libtrt_gemma4_plugins.so
-    engine/                     rank{N}.engine + config.json (only where TensorRT-LLM 1.2.1 is installed)
-    manifest.json               versions, arch, plan, every stage's outcome, sha256 of every file
+    config.json, rank{N}.engine  the engines (only where TensorRT-LLM 1.2.1 is installed)
+    libtrt_gemma4_plugins.so     the plugin library, beside the engines (backends/engine_runner.py looks there)
+    plan.json                    trt_gemma4.plan.Plan
+    checkpoint/                  our TRT-LLM checkpoint (docs/checkpoint_format.md), input of the engine build
+    manifest.json                versions, arch, plan, every stage's outcome, sha256 of every file
 
 Where TensorRT-LLM is not importable (any machine but the NGC container
 nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3) every stage before the engine build still runs, the manifest
@@ -446,10 +447,9 @@ def _stages(
         assert nvcc is not None and cmake is not None and headers is not None
         log(f"  nvcc {nvcc}, cmake {cmake}, TensorRT headers {trt_header_version(headers)} in {headers}")
         built = cached_plugin_library(arch, nvcc=nvcc, cmake=cmake, headers=headers, jobs=jobs, log=log)
-        (staging / "plugins").mkdir()
-        library = staging / "plugins" / LIBRARY_NAME
+        library = staging / LIBRARY_NAME
         shutil.copy2(built, library)
-        stages.append(StageResult("plugins", "done", time.monotonic() - t, f"plugins/{LIBRARY_NAME}"))
+        stages.append(StageResult("plugins", "done", time.monotonic() - t, LIBRARY_NAME))
 
     # Stage 5: the engine, through the TRT-LLM backend.
     t = stage(5, "build the engine (TensorRT-LLM 1.2.1)")
@@ -462,9 +462,10 @@ def _stages(
         log("  skipped: the engine needs the plugin library (see the missing tools above)")
         stages.append(StageResult("engine", "skipped", time.monotonic() - t, "no plugin library"))
     else:
-        _build_engine(ckpt_dir, plan, library, staging / "engine")
+        _build_engine(ckpt_dir, plan, library, staging, log)
         engines_built = True
-        stages.append(StageResult("engine", "done", time.monotonic() - t, "engine/"))
+        ranks = sorted(p.name for p in staging.glob("rank*.engine"))
+        stages.append(StageResult("engine", "done", time.monotonic() - t, ", ".join(["config.json", *ranks])))
         if not keep_checkpoint:
             shutil.rmtree(ckpt_dir)
 
@@ -491,15 +492,30 @@ def _stages(
     return BuildResult(staging, engines_built, missing, stages)
 
 
-def _build_engine(ckpt_dir: Path, plan: Plan, library: Path, engine_dir: Path) -> None:
-    """Hand the checkpoint, plan and plugin library to the TRT-LLM backend (imports tensorrt_llm)."""
-    try:
-        from trt_gemma4.backends import trtllm_backend
-    except ImportError as e:
-        raise Gemma4Error(f"the TRT-LLM backend could not be imported: {e}") from None
-    entry = getattr(trtllm_backend, "build_engine", None)
-    if entry is None:
-        raise Gemma4Error(
-            "trt_gemma4.backends.trtllm_backend has no build_engine(checkpoint_dir, plan, plugin_library, engine_dir)"
-        )
-    entry(ckpt_dir, plan, library, engine_dir)
+def _build_engine(ckpt_dir: Path, plan: Plan, library: Path, engine_dir: Path, log: Callable[[str], None]) -> None:
+    """Hand the checkpoint, the plan's limits and the plugin library to the TRT-LLM backend (imports tensorrt_llm):
+    trt_gemma4.backends.trtllm_backend.build_engines, which follows tensorrt_llm/builder.py build() per rank."""
+    import dataclasses
+
+    from trt_gemma4.backends import trtllm_backend
+
+    fields = {f.name for f in dataclasses.fields(trtllm_backend.EngineBuildOptions)}
+    values: dict[str, Any] = {
+        "max_batch_size": plan.max_batch_size,
+        "max_input_len": plan.max_input_len,
+        "max_seq_len": plan.max_seq_len,
+        "max_num_tokens": plan.max_num_tokens,
+        "tokens_per_block": plan.tokens_per_block,
+        "kv_cache_dtype": plan.kv_cache_dtype,
+    }
+    if plan.paged_context_fmha_override:
+        if "paged_context_fmha_override" not in fields:
+            raise Gemma4Error(
+                "the plan keeps paged context FMHA with an FP8 KV cache (--paged-context-fmha-override), "
+                "but this TRT-LLM backend has no such option; build with --kv-cache-dtype bf16 or without the override"
+            )
+        values["paged_context_fmha_override"] = True
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise Gemma4Error(f"trt_gemma4.backends.trtllm_backend.EngineBuildOptions lacks {', '.join(unknown)}")
+    trtllm_backend.build_engines(ckpt_dir, engine_dir, library, trtllm_backend.EngineBuildOptions(**values), log=log)

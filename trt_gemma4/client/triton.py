@@ -223,7 +223,7 @@ class GrpcClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise RequestTimeout(
-                        f"{self.model}: no complete answer within {timeout or self.timeout:.0f} s (request cancelled)"
+                        f"{self.model}: no complete answer within {timeout or self.timeout:g} s (request cancelled)"
                     )
                 try:
                     item = results.get(timeout=min(left, 1.0))

@@ -127,6 +127,10 @@ class _Request:
     seq_id: int | None = None
     gen: torch.Generator = field(default_factory=torch.Generator)
     first_token_ns: int = 0
+    undeliverable: bool = False  # its callback failed: treated as cancelled
+
+    def cancelled(self) -> bool:
+        return self.undeliverable or self.is_cancelled()
 
 
 class InflightBatcher:
@@ -172,7 +176,8 @@ class InflightBatcher:
         r.gen.manual_seed(params.seed)
         self._incoming.put(r)
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the loop; every request still queued or running ends with an error (so its stream is closed)."""
         self._stop.set()
         self._thread.join(timeout)
 
@@ -181,10 +186,30 @@ class InflightBatcher:
         if r.seq_id is not None:
             self.backend.free(r.seq_id)  # type: ignore[attr-defined]
             r.seq_id = None
-        r.callback(TokenEvent(None, 0.0, True, reason, error, r.first_token_ns))
+        self._deliver(r, TokenEvent(None, 0.0, True, reason, error, r.first_token_ns))
+
+    @staticmethod
+    def _deliver(r: _Request, ev: TokenEvent) -> None:
+        """Hand an event to the request's callback; a failing callback (its client is gone) cancels the request."""
+        try:
+            r.callback(ev)
+        except Exception:
+            r.undeliverable = True
 
     def _loop(self) -> None:
         running: list[_Request] = []
+        try:
+            self._serve(running)
+        finally:  # unloading: nothing may be left without its final event
+            for r in running:
+                self._finish(r, "error", "the model is being unloaded")
+            while True:
+                try:
+                    self._finish(self._incoming.get_nowait(), "error", "the model is being unloaded")
+                except queue.Empty:
+                    break
+
+    def _serve(self, running: list[_Request]) -> None:
         while not self._stop.is_set():
             new: list[_Request] = []
             while len(running) + len(new) < self.max_batch_size:
@@ -193,11 +218,11 @@ class InflightBatcher:
                     r = self._incoming.get(timeout=wait) if wait else self._incoming.get_nowait()
                 except queue.Empty:
                     break
-                if r.is_cancelled():
+                if r.cancelled():
                     self._finish(r, "cancelled")
                     continue
                 new.append(r)
-            for r in [r for r in running if r.is_cancelled()]:
+            for r in [r for r in running if r.cancelled()]:
                 running.remove(r)
                 self._finish(r, "cancelled")
             if not running and not new:
@@ -207,9 +232,9 @@ class InflightBatcher:
             except Exception as e:  # a failing step fails its requests, never the server
                 for r in running + new:
                     self._finish(r, "error", f"{type(e).__name__}: {e}")
-                running = []
+                running.clear()
                 continue
-            running = [r for r in running + new if r.seq_id is not None]
+            running[:] = [r for r in running + new if r.seq_id is not None]
 
     def _step(self, running: list[_Request], new: list[_Request]) -> None:
         for r in new:
@@ -222,7 +247,7 @@ class InflightBatcher:
             r.generated.append(tok)
             if not r.first_token_ns:
                 r.first_token_ns = now
-            r.callback(TokenEvent(tok, logp, False, first_token_time_ns=r.first_token_ns))
+            self._deliver(r, TokenEvent(tok, logp, False, first_token_time_ns=r.first_token_ns))
             reason = stopped_by(r.generated, r.params)
             if reason:
                 self._finish(r, reason)

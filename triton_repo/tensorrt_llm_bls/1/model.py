@@ -139,6 +139,8 @@ class TritonPythonModel:
         for resp in responses:
             if request.is_cancelled():
                 self._stop_engine_request(engine_id)
+                for _ in responses:  # the engine ends the stopped request at its next step: drain it
+                    pass
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled")), flags=FINAL)
                 return
             if resp.has_error():
