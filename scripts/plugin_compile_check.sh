@@ -3,16 +3,16 @@
 #
 # Usage: bash scripts/plugin_compile_check.sh [sm_90|sm_100|sm_120 ...]   (default: sm_90)
 # Headers: $TENSORRT_INCLUDE_DIR, else .trt_headers/ in the repository (NvInferRuntime.h and what it includes,
-# from the TensorRT OSS tag v10.14, include/). Needs nvcc (CUDA 13; `pip install "trt-gemma4[cuda]"` gives one)
-# and cmake >= 3.24. Nothing is run on a GPU.
+# from the TensorRT OSS tag v10.14, include/: scripts/fetch_trt_headers.sh puts them there).
+# Needs nvcc (CUDA 13; `pip install "trt-gemma4[cuda]"` gives one) and cmake >= 3.24. Nothing runs on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCHES=("$@")
 [ ${#ARCHES[@]} -eq 0 ] && ARCHES=(sm_90)
 HEADERS=${TENSORRT_INCLUDE_DIR:-$PWD/.trt_headers}
 if [ ! -f "$HEADERS/NvInferRuntime.h" ]; then
-  echo "plugin_compile_check: no NvInferRuntime.h in $HEADERS; set TENSORRT_INCLUDE_DIR or copy TensorRT 10.14's" \
-       "include/ (TensorRT OSS tag v10.14) into .trt_headers/" >&2
+  echo "plugin_compile_check: no NvInferRuntime.h in $HEADERS; set TENSORRT_INCLUDE_DIR or run" \
+       "scripts/fetch_trt_headers.sh (TensorRT OSS tag v10.14, include/ -> .trt_headers/)" >&2
   exit 2
 fi
 NVCC=${CUDACXX:-$(command -v nvcc || true)}

@@ -78,7 +78,7 @@ def test_fresh_machine_build_runs_every_stage_before_the_engine(fresh_build) -> 
     assert config["max_position_embeddings"] == m["plan"]["max_position_embeddings"] == 4096
     plugins_done = m["stages"][3]["status"] == "done"
     assert plugins_done == (out / "libtrt_gemma4_plugins.so").is_file()
-    if os.environ.get("TRT_GEMMA4_REQUIRE_NVCC") == "1":
+    if os.environ.get("TRT_GEMMA4_REQUIRE_NVCC") == "1" and build_mod.find_trt_headers() is not None:
         assert plugins_done, m["stages"][3]
     assert not list(out.parent.glob(".engine-dir.tmp-*"))  # the staging directory was renamed, not left behind
 

@@ -138,7 +138,7 @@ HOW_NVCC = (
 HOW_CMAKE = "`pip install cmake` (>= 3.24) or the OS package"
 HOW_HEADERS = (
     f"set TENSORRT_INCLUDE_DIR to TensorRT 10.14's include/ (in {CONTAINER}: /usr/local/tensorrt/include), "
-    "or copy include/ of the TensorRT OSS tag v10.14 (github.com/NVIDIA/TensorRT) into .trt_headers/"
+    "or run scripts/fetch_trt_headers.sh (TensorRT OSS tag v10.14, include/ -> .trt_headers/)"
 )
 HOW_TRTLLM = (
     f"run `trt-gemma4 build` inside {CONTAINER} ({PINNED}); pip cannot install tensorrt_llm 1.2.1 "

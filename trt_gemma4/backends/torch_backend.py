@@ -34,6 +34,15 @@ from trt_gemma4.graph.ops import AttentionLayer
 from trt_gemma4.spec import GLOBAL, SLIDING, Gemma4Spec
 
 
+def _global_attention_kernel() -> Any:
+    """trt_gemma4.kernels.attention.global_attention (CUDA for CUDA tensors), if that module is present."""
+    try:
+        from trt_gemma4.kernels.attention import global_attention
+    except ImportError:
+        return None
+    return global_attention
+
+
 def _block_fp8_gemm() -> Any:
     """trt_gemma4.kernels.block_fp8_gemm(x bf16 [M,K], w fp8 [N,K], s fp32 [N/128,K/128]) -> bf16, if built."""
     try:
@@ -182,8 +191,16 @@ class PagedKVCache:
             positions, k, v = positions[-pool.cyclic_len:], k[-pool.cyclic_len:], v[-pool.cyclic_len:]
         s = self.layer_scales(layer)
         kv.write_kv(pool, st.offsets[kind], layer, positions.to(self.device), k, v, s.k, s.v)
-        if layer == pool.layers[-1]:  # after the pool's last layer: earlier layers of the step read first
-            st.slot_positions[kind][self._slots(pool, positions)] = positions.long()
+        self.mark_written(layer, sid, positions)
+
+    def mark_written(self, layer: int, sid: int, positions: torch.Tensor) -> None:
+        """Record which position each slot now holds (done after the pool's last layer: the earlier layers of the
+        step read their prefix before the step's tokens land in the ring)."""
+        kind = self.kind(layer)
+        pool = self.pools[kind]
+        if layer == pool.layers[-1]:
+            positions = positions.cpu()
+            self.sequences[sid].slot_positions[kind][self._slots(pool, positions)] = positions.long()
 
     def read(self, layer: int, sid: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V [n, kv_heads, head_dim] (fp32, or the storage dtype if wider) of cached tokens at `positions`."""
@@ -232,6 +249,16 @@ class Step:
     all_logits: bool = False
 
 
+@dataclass
+class _NormedHeads:
+    """How a per-head rms_norm output was made: the global attention kernel takes k_raw and norms it itself."""
+
+    out: torch.Tensor
+    source: torch.Tensor
+    weight: str | None
+    eps: float
+
+
 class TorchOps:
     """graph/ops.py implemented in eager torch over a WeightSource and a PagedKVCache."""
 
@@ -255,8 +282,11 @@ class TorchOps:
         for i in self.spec.layer_range:
             for name, lin in iter_linear_names(self.spec, i):
                 self._linears[name] = lin
-        self._gemm = _block_fp8_gemm() if (use_kernels and self.device.type == "cuda" and dtype == torch.bfloat16) \
-            else None
+        on_gpu = use_kernels and self.device.type == "cuda" and dtype == torch.bfloat16
+        self._gemm = _block_fp8_gemm() if on_gpu else None
+        kernel_pool = cache.cfg.dtype in (torch.bfloat16, kv.FP8) and self.spec.global_kv_heads == 1
+        self._global_attention = _global_attention_kernel() if on_gpu and kernel_pool else None
+        self._normed: dict[int, _NormedHeads] = {}
         self._inv_freq: dict[tuple[float, int, int], torch.Tensor] = {}
 
     # -- weights --
@@ -300,7 +330,10 @@ class TorchOps:
         y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
         if weight is not None:
             y = y * self._tensor(weight).to(self.acc)
-        return y.reshape(shape).to(self.dtype)
+        out = y.reshape(shape).to(self.dtype)
+        if head_dim and self._global_attention is not None:
+            self._normed[id(out)] = _NormedHeads(out, x, weight, eps)
+        return out
 
     def linear(self, x: torch.Tensor, name: str, sizes: Sequence[int]) -> list[torch.Tensor]:
         tp = self.weights.tp
@@ -323,13 +356,16 @@ class TorchOps:
                     pieces[c].append(y[:, off:off + n])
         return [torch.cat(p, dim=-1).to(self.dtype) for p in pieces]
 
-    def _rope(self, layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _inv(self, layer: AttentionLayer) -> torch.Tensor:
         key = (layer.rope.theta, layer.rope.head_dim, layer.rope.rotary_pairs)
         inv = self._inv_freq.get(key)
         if inv is None:
             inv = torch.tensor(layer.rope.inv_freq(), dtype=torch.float32, device=self.device).to(self.acc)
             self._inv_freq[key] = inv
-        cos, sin = rope_cos_sin(inv, positions.to(self.device))
+        return inv
+
+    def _rope(self, layer: AttentionLayer, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_cos_sin(self._inv(layer), positions.to(self.device))
         return apply_rope(x, cos, sin)
 
     def _attend(
@@ -349,6 +385,11 @@ class TorchOps:
 
     def attention(self, layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         assert self.step is not None, "attention outside a step"
+        nk, nv = self._normed.get(id(k)), self._normed.get(id(v))
+        self._normed.clear()
+        if layer.kind == GLOBAL and nk is not None and nv is not None and nk.out is k and nv.out is v \
+                and nk.source is nv.source and nk.weight is not None and nv.weight is None:
+            return self._global_attention_kernel(layer, q, nk)
         nh, nkv, hd = layer.num_heads, layer.kv_heads, layer.head_dim
         out = torch.empty(q.shape[0], nh * hd, dtype=self.dtype, device=self.device)
         for seg in self.step.segments:
@@ -366,6 +407,23 @@ class TorchOps:
                              torch.cat([past, pos]))
             out[rows] = o.reshape(seg.n, nh * hd).to(self.dtype)
         return out
+
+    def _global_attention_kernel(self, layer: AttentionLayer, q: torch.Tensor, k: _NormedHeads) -> torch.Tensor:
+        """A global layer on the GPU kernel (kernels/attention.py): it takes k_raw and applies k_norm, the
+        scale-free v_norm and RoPE itself, writes K/V into the pool and attends, for the whole step at once."""
+        assert self.step is not None and k.weight is not None
+        segs, pool, n = self.step.segments, self.cache.pools[GLOBAL], q.shape[0]
+        offsets = torch.stack([self.cache.sequences[s.seq_id].offsets[GLOBAL] for s in segs])
+        sc = self.cache.layer_scales(layer.index)
+        out = self._global_attention(
+            q.reshape(n, layer.num_heads, layer.head_dim), k.source.reshape(n, layer.head_dim),
+            self._tensor(k.weight).float(), pool, layer.index, offsets, [s.n for s in segs],
+            [s.start + s.n for s in segs], self._inv(layer).float(),
+            k_scale=sc.k, v_scale=sc.v, eps=k.eps, scale=layer.scale,
+        )
+        for s in segs:
+            self.cache.mark_written(layer.index, s.seq_id, torch.arange(s.start, s.start + s.n))
+        return out.reshape(n, -1).to(self.dtype)
 
     def draft_attention(self, layer: AttentionLayer, q: torch.Tensor) -> torch.Tensor:
         assert self.step is not None, "attention outside a step"

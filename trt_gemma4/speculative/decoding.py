@@ -121,8 +121,8 @@ def generate(
     them all in one target step (sequences may verify different numbers of drafts). check_ring_size=False skips
     the ring-size check (tests use it to show what an undersized ring does).
     """
-    if k < 0:
-        raise ValueError(f"k must be >= 0, not {k}")
+    if k < 0 or max_new_tokens < 1:
+        raise ValueError(f"need k >= 0 and max_new_tokens >= 1, not k={k}, max_new_tokens={max_new_tokens}")
     if check_ring_size:
         check_ring(backend, k)
     sids = [backend.add_sequence() for _ in prompts]
