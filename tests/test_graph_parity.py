@@ -81,7 +81,7 @@ def test_layer_by_layer_streaming_matches_hf(converted: Path, prompts: list[list
     assert len(rep.layer_rel_errors) == be.spec.num_layers
     assert max(rep.layer_rel_errors) <= 1e-5
     assert rep.rel_logit_error <= 1e-4 and rep.argmax_agreement == 1.0
-    assert not be.ops._dense, "streaming mode must not keep dequantized weights"
+    assert not be.ops._dense and not be.ops._stored, "streaming mode must not keep weights"
 
 
 class _Gemma3Norms:

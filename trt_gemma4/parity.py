@@ -170,17 +170,14 @@ def hf_greedy(model: Any, prompt: Sequence[int], n: int) -> list[int]:
 
 
 def compare_model(backend: TorchBackend, model: Any, prompts: Sequence[Sequence[int]], greedy_tokens: int = 0,
-                  batched: bool = True, low_precision_model: Any | None = None) -> ParityReport:
+                  low_precision_model: Any | None = None) -> ParityReport:
     """Whole-model comparison: every position's logits of every prompt (our prompts run as one batch), then
     greedy continuations (ours batched) against HF generate. `model` is the reference; when the backend runs
     in a lower precision, `low_precision_model` (HF in that dtype) measures how far HF itself lands from it."""
     rep = ParityReport()
     sids = [backend.add_sequence() for _ in prompts]
     try:
-        if batched:
-            ours = backend.forward([(s, p) for s, p in zip(sids, prompts)], all_logits=True).logits
-        else:
-            ours = [backend.prefill(s, p, all_logits=True) for s, p in zip(sids, prompts)]
+        ours = backend.forward([(s, p) for s, p in zip(sids, prompts)], all_logits=True).logits
     finally:
         for s in sids:
             backend.free(s)

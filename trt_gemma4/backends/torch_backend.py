@@ -1,8 +1,10 @@
 """Eager-torch backend: runs the Gemma-4 graph (graph/gemma4.py) with a paged KV cache in the engine's layout.
 
-On CPU it is the numerical reference: block-FP8 weights dequantized to the compute dtype (fp32 or bf16), fp32
-norms, softmax and soft-cap. On a GPU, with bf16 compute, linears call trt_gemma4.kernels.block_fp8_gemm when that
-extension is present, so the kernels run inside the real model.
+On CPU it is the numerical reference: block-FP8 weights dequantized to the compute dtype (fp32 or bf16; float64
+for exactness tests), norms, RoPE, softmax and soft-cap in fp32 (or wider). On a GPU with bf16 compute the
+kernels run inside the real model: linears call trt_gemma4.kernels.block_fp8_gemm, and global layers over a BF16
+or FP8 cache call kernels.attention.global_attention (which takes k_raw and does k_norm / v_norm / RoPE itself,
+so the per-head norms remember what they normed). Sliding layers stay in torch (stock gpt_attention in the engine).
 
 The KV cache is TRT-LLM's (trt_gemma4/kv.py): one pool for the sliding layers, kept as a ring of
 `window + max_draft_len` tokens, and one for the global layers, whose single 512-d head is stored as two 256-d
@@ -277,7 +279,8 @@ class TorchOps:
         self.cache_weights = cache_weights
         self.stage = 0
         self.step: Step | None = None
-        self._dense: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._dense: dict[tuple[str, int, int], torch.Tensor] = {}  # dequantized / converted to the compute dtype
+        self._stored: dict[tuple[str, int, int], torch.Tensor] = {}  # as stored (fp8 weights for the GEMM kernel)
         self._linears: dict[str, Linear] = {}
         for i in self.spec.layer_range:
             for name, lin in iter_linear_names(self.spec, i):
@@ -291,14 +294,22 @@ class TorchOps:
 
     # -- weights --
     def _tensor(self, name: str, tp_rank: int = 0) -> torch.Tensor:
-        return self.weights.get(name, tp_rank, self.stage).to(self.device)
+        """A stored tensor as it is, on the device (kept there unless weights are streamed)."""
+        key = (name, tp_rank, self.stage)
+        t = self._stored.get(key)
+        if t is None:
+            t = self.weights.get(name, tp_rank, self.stage).to(self.device)
+            if self.cache_weights:
+                self._stored[key] = t
+        return t
 
     def _dense_weight(self, name: str, tp_rank: int) -> torch.Tensor:
         key = (name, tp_rank, self.stage)
         w = self._dense.get(key)
         if w is None:
-            w = dequantize_blocks(self._tensor(name + ".weight", tp_rank), self._tensor(f"{name}.{SCALE_SUFFIX}",
-                                                                                         tp_rank), self.dtype)
+            w = dequantize_blocks(self.weights.get(name + ".weight", tp_rank, self.stage).to(self.device),
+                                  self.weights.get(f"{name}.{SCALE_SUFFIX}", tp_rank, self.stage).to(self.device),
+                                  self.dtype)
             if self.cache_weights:
                 self._dense[key] = w
         return w
@@ -307,7 +318,7 @@ class TorchOps:
         key = (name, -1, self.stage)
         w = self._dense.get(key)
         if w is None:
-            w = self._tensor(name).to(self.dtype)
+            w = self.weights.get(name, 0, self.stage).to(self.device, self.dtype)
             if self.cache_weights:
                 self._dense[key] = w
         return w

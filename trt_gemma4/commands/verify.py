@@ -8,6 +8,11 @@ generate). Prompt lengths default to [2·window + 8, 1, window + 3] so sliding l
 Modes: 'model' holds both models whole (tiny and small models); 'layers' streams the weights, one HF decoder
 layer and one of ours at a time, comparing hidden states after every layer and then the logits; what a 12B
 needs on a 24 GB machine ('auto' picks it above 2B parameters). Needs the 'tiny' extra (transformers >= 5.10.1).
+
+The reference is always HF in fp32. A --dtype bf16 run is also set beside HF's own bf16 run and passes within
+max(tolerance, 1.5 x HF's bf16 error). --speculative DRAFTER adds greedy speculative decoding with the drafter
+(it must equal greedy decoding; the acceptance length is reported). --engine DIR runs the built engine on the same
+prompts, where TensorRT-LLM is installed. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations

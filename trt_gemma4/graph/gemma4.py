@@ -1,8 +1,8 @@
 """The Gemma-4 text forward, written once against the op interface (graph/ops.py).
 
-Read it beside research/gemma4_arch.md §2; each step names the line it implements. Weight names are the TRT-LLM
+Read it beside research/gemma4_arch.md §2; each step names the section it implements. Weight names are the TRT-LLM
 checkpoint's (checkpoint/names.py). The same functions run in eager torch (backends/torch_backend.py) and emit
-the TRT-LLM network (backends/trtllm.py).
+the TRT-LLM network (backends/trtllm_backend.py).
 """
 
 from __future__ import annotations

@@ -82,16 +82,25 @@ class _Stream:
     def cancelled(self) -> bool:
         return self.stopped or self.request.is_cancelled()
 
+    def _send(self, response=None, flags: int = 0) -> bool:
+        """Send one response; a failure (the client is gone) is logged and stops the request."""
+        try:
+            self.sender.send(response, flags=flags)
+            return True
+        except Exception as e:  # pb_utils raises TritonModelException; nothing else may escape into the batcher
+            pb_utils.Logger.log_warn(f"tensorrt_llm: request {self.request.request_id()!r}: sending failed: {e}")
+            self.stopped = True
+            return False
+
+    def _data(self, ids: list[int], logprobs: list[float]) -> pb_utils.InferenceResponse:
+        return pb_utils.InferenceResponse(output_tensors=_tensors(ids, logprobs, len(self.prompt)))
+
     def on_event(self, ev: TokenEvent) -> None:
         if not ev.finished:
             self.count += 1
             if self.streaming:
                 if self.pending is not None:
-                    self.sender.send(
-                        pb_utils.InferenceResponse(
-                            output_tensors=_tensors([self.pending[0]], [self.pending[1]], len(self.prompt))
-                        )
-                    )
+                    self._send(self._data([self.pending[0]], [self.pending[1]]))
                 self.pending = (ev.token, ev.logprob)
             else:
                 self.ids.append(ev.token)
@@ -103,22 +112,15 @@ class _Stream:
             )
         try:
             if ev.error is not None:
-                self.sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"tensorrt_llm: {ev.error}")), flags=FINAL
-                )
+                final = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"tensorrt_llm: {ev.error}"))
             elif self.streaming:
-                if self.pending is not None:
-                    resp = pb_utils.InferenceResponse(
-                        output_tensors=_tensors([self.pending[0]], [self.pending[1]], len(self.prompt))
-                    )
-                    self.sender.send(resp, flags=FINAL)
-                else:
-                    self.sender.send(flags=FINAL)
+                final = self._data([self.pending[0]], [self.pending[1]]) if self.pending is not None else None
             else:
                 ids = (self.prompt + self.ids) if self.include_input else self.ids
                 lp = ([0.0] * len(self.prompt) + self.logprobs) if self.include_input else self.logprobs
-                resp = pb_utils.InferenceResponse(output_tensors=_tensors(ids, lp, len(self.prompt)))
-                self.sender.send(resp, flags=FINAL)
+                final = self._data(ids, lp)
+            if not self._send(final, FINAL) and final is not None:
+                self._send(None, FINAL)  # the request must end even when its last data cannot be sent
         finally:
             self.done.set()
 
