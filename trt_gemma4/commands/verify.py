@@ -31,24 +31,41 @@ LAYER_MODE_ABOVE = 2_000_000_000  # parameters
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", metavar="OUT", help="converted checkpoint (trt-gemma4 convert OUT) or a ModelOpt export")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--mode", choices=["auto", "model", "layers"], default="auto",
-                   help="whole model, or layer by layer streaming the weights (default: layers above 2B params)")
+    p.add_argument(
+        "--mode",
+        choices=["auto", "model", "layers"],
+        default="auto",
+        help="whole model, or layer by layer streaming the weights (default: layers above 2B params)",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute dtype of both sides")
-    p.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=None,
-                   help="KV-cache storage of the torch backend (default: the compute dtype)")
+    p.add_argument(
+        "--kv-dtype",
+        choices=sorted(KV_DTYPES),
+        default=None,
+        help="KV-cache storage of the torch backend (default: the compute dtype)",
+    )
     p.add_argument("--kv-scales", choices=["identity", "checkpoint"], default="identity")
     p.add_argument("--device", default="cpu", help="torch device of the torch backend and HF (cpu, cuda)")
     p.add_argument("--prompt-lengths", default=None, help="comma-separated prompt lengths (random token ids)")
     p.add_argument("--greedy-tokens", type=int, default=32, help="greedy tokens compared (model mode; 0: none)")
     p.add_argument("--tokens-per-block", type=int, default=32, help="KV-cache tokens per block (a power of 2)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="max relative logit error (default 1e-4 in fp32, 3e-2 in bf16)")
+    p.add_argument(
+        "--tolerance", type=float, default=None, help="max relative logit error (default 1e-4 in fp32, 3e-2 in bf16)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", metavar="DIR", default=None,
-                   help="also run the built TensorRT-LLM engine DIR on the same prompts (needs TensorRT-LLM)")
-    p.add_argument("--speculative", metavar="DRAFTER", default=None,
-                   help="also check that greedy speculative decoding with the converted drafter DRAFTER equals "
-                        "greedy decoding, and report the acceptance length")
+    p.add_argument(
+        "--engine",
+        metavar="DIR",
+        default=None,
+        help="also run the built TensorRT-LLM engine DIR on the same prompts (needs TensorRT-LLM)",
+    )
+    p.add_argument(
+        "--speculative",
+        metavar="DRAFTER",
+        default=None,
+        help="also check that greedy speculative decoding with the converted drafter DRAFTER equals "
+        "greedy decoding, and report the acceptance length",
+    )
     p.add_argument("--draft-len", type=int, default=4, help="draft tokens per step with --speculative")
 
 
@@ -57,6 +74,10 @@ def prompt_lengths(arg: str | None, window: int) -> list[int]:
     if arg:
         return [int(x) for x in arg.split(",") if x.strip()]
     return [2 * window + 8, 1, window + 3]
+
+
+# An engine runs bf16 GEMMs and an FP8 cache: its logits sit this far from the torch backend at most.
+ENGINE_TOLERANCE = 5e-2
 
 
 def random_prompts(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
@@ -69,21 +90,51 @@ def random_prompts(lengths: list[int], vocab: int, seed: int) -> list[list[int]]
 
 
 def _engine_runner() -> Any:
-    """--engine: the TRT-LLM backend's `verify_engine(engine_dir, ckpt_dir, prompts) -> dict` (the engine's logits
-    error against this checkpoint's torch backend). Only at a TensorRT-LLM site; checked before any work."""
-    from trt_gemma4.errors import Gemma4Error, MissingToolError
+    """--engine: checked before any work. The engine runs only at a TensorRT-LLM 1.2.1 site."""
+    import importlib.util
 
-    try:
-        from trt_gemma4.backends import trtllm_backend
-    except ImportError as e:
+    from trt_gemma4.errors import MissingToolError
+
+    if importlib.util.find_spec("tensorrt_llm") is None:
         raise MissingToolError(
-            f"verify --engine runs the engine with TensorRT-LLM 1.2.1 ({e.name} is not importable here); use the "
-            "NGC container nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
-        ) from None
-    run_engine = getattr(trtllm_backend, "verify_engine", None)
-    if run_engine is None:
-        raise Gemma4Error("verify --engine: this installation's TRT-LLM backend has no verify_engine()")
-    return run_engine
+            "verify --engine runs the engine with TensorRT-LLM 1.2.1 (tensorrt_llm is not importable here); use the "
+            "NGC container nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3 (docs/site_build.md)"
+        )
+    return verify_engine
+
+
+def verify_engine(engine_dir: str, backend: Any, prompts: list[list[int]], n_tokens: int) -> dict[str, Any]:
+    """The engine vs this checkpoint's torch backend on the same prompts: greedy-token agreement, and the logit
+    error of the engine's generation logits against the torch backend teacher-forced on the engine's tokens."""
+    from trt_gemma4.backends.engine_runner import run_engine
+
+    n_tokens = max(n_tokens, 1)
+    eng = run_engine(engine_dir, prompts, n_tokens, with_logits=True)
+    ours = backend.generate(prompts, n_tokens)
+    equal = sum(_common_prefix(a, b) for a, b in zip(eng.tokens, ours))
+    worst = 0.0
+    for p, toks, lg in zip(prompts, eng.tokens, eng.logits or []):
+        sid = backend.add_sequence()
+        try:
+            ref = backend.prefill(sid, list(p) + toks[:-1], all_logits=True)[len(p) - 1 :].float().cpu()
+        finally:
+            backend.free(sid)
+        worst = max(worst, float((lg[: ref.shape[0]] - ref).abs().max() / ref.abs().max().clamp_min(1e-30)))
+    return {
+        "engine": str(engine_dir),
+        "greedy_tokens_equal": equal,
+        "greedy_tokens_total": n_tokens * len(prompts),
+        "rel_logit_error": worst,
+    }
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,9 +161,13 @@ def run(args: argparse.Namespace) -> int:
     if mode == "auto":
         mode = "layers" if spec.text_parameter_count() > LAYER_MODE_ABOVE else "model"
     greedy = args.greedy_tokens if mode == "model" else 0
-    cache = CacheConfig(dtype=kv_dtype, tokens_per_block=args.tokens_per_block,
-                        max_seq_len=max(lengths) + max(args.greedy_tokens, 1) + args.draft_len + 1,
-                        max_sequences=len(prompts), kv_scales=args.kv_scales)
+    cache = CacheConfig(
+        dtype=kv_dtype,
+        tokens_per_block=args.tokens_per_block,
+        max_seq_len=max(lengths) + max(args.greedy_tokens, 1) + args.draft_len + 1,
+        max_sequences=len(prompts),
+        kv_scales=args.kv_scales,
+    )
     backend = TorchBackend(weights, dtype=dtype, device=args.device, cache=cache, cache_weights=mode == "model")
     # The reference is HF in fp32; a bf16 run is also set beside HF's own bf16 run (how far bf16 alone moves it).
     if mode == "model":
@@ -146,20 +201,27 @@ def run(args: argparse.Namespace) -> int:
         if sp.get("exact_expected", True):
             ok = ok and sp["tokens_equal"] == sp["tokens_total"]
     if run_engine is not None:
-        result["engine"] = run_engine(args.engine, args.ckpt, prompts)
+        eng = run_engine(args.engine, backend, prompts, args.greedy_tokens)
+        result["engine"] = eng
+        ok = ok and eng["rel_logit_error"] <= max(tol, ENGINE_TOLERANCE)
     result["pass"] = ok
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"verify {args.ckpt}: tp {weights.tp} pp {weights.pp}, {mode} mode, {args.dtype} compute, "
-              f"{result['kv_dtype']} KV cache ({args.kv_scales} scales), prompts of {lengths} tokens")
+        print(
+            f"verify {args.ckpt}: tp {weights.tp} pp {weights.pp}, {mode} mode, {args.dtype} compute, "
+            f"{result['kv_dtype']} KV cache ({args.kv_scales} scales), prompts of {lengths} tokens"
+        )
         if report.layer_rel_errors:
             worst = max(range(len(report.layer_rel_errors)), key=report.layer_rel_errors.__getitem__)
-            print(f"  hidden states: max|Δh|/max|h| per layer up to {report.layer_rel_errors[worst]:.2e} "
-                  f"(layer {worst})")
-        print(f"  logits vs HF fp32: max|Δ|/max|logit| = {report.rel_logit_error:.2e} "
-              f"(max|Δ| {report.max_abs_logit_error:.2e}; tolerance {tol:.0e}); "
-              f"argmax agreement {report.argmax_agreement:.1%}")
+            print(
+                f"  hidden states: max|Δh|/max|h| per layer up to {report.layer_rel_errors[worst]:.2e} (layer {worst})"
+            )
+        print(
+            f"  logits vs HF fp32: max|Δ|/max|logit| = {report.rel_logit_error:.2e} "
+            f"(max|Δ| {report.max_abs_logit_error:.2e}; tolerance {tol:.0e}); "
+            f"argmax agreement {report.argmax_agreement:.1%}"
+        )
         if floor is not None:
             print(f"  HF itself in {args.dtype}: {floor:.2e} from HF fp32 (a {args.dtype} run passes within 1.5x that)")
         if greedy:
@@ -168,5 +230,11 @@ def run(args: argparse.Namespace) -> int:
             from trt_gemma4.speculative.verify import format_report
 
             print("  " + format_report(result["speculative"]))
+        if "engine" in result:
+            e = result["engine"]
+            print(
+                f"  engine {e['engine']}: logits vs torch backend max|Δ|/max|logit| = {e['rel_logit_error']:.2e}; "
+                f"greedy {e['greedy_tokens_equal']}/{e['greedy_tokens_total']} tokens identical"
+            )
         print("PASS" if ok else "FAIL")
     return 0 if ok else 1
