@@ -2,18 +2,22 @@
 """Benchmark the block-FP8 weight-only GEMM against cuBLAS BF16 and the other references, on one GPU.
 
 Columns per (shape, M):
-  ours        trt_gemma4::block_fp8_gemm (default dispatch)
+  ours        trt_gemma4.kernels.block_fp8_gemm, the dispatched path (CUDA kernels for small M, the Triton wgmma
+              kernel where trt_gemma4.kernels.triton_gemm.prefers_triton says so)
+  cuda        the CUDA op trt_gemma4::block_fp8_gemm alone (its own dispatch, incl. split-dequantize + cuBLAS)
+  triton      the Triton kernel alone with its default configuration; --triton-sweep also times every
+              configuration of triton_gemm.CONFIGS and reports the fastest
   bf16        cuBLAS BF16: F.linear on the dequantized BF16 weight (same function)
   speedup     bf16 / ours
   GB/s        FP8 weight bytes / ours, and that as a fraction of the device copy bandwidth measured in this run
   dq+bf16     our dequantize kernel to a BF16 temporary + cuBLAS BF16 (the two-kernel fallback)
-  kernel      our own kernels alone (differs from `ours` where the dispatch picks dequantize + cuBLAS)
+  kernel      our own CUDA kernels alone (differs from `cuda` where it picks dequantize + cuBLAS)
   w8a8        FP8 W8A8 block-wise (1x128 activations, 128x128 weights) tensor-core GEMM through torch's scaled_mm,
               activations pre-quantized (activation-quant time NOT included); its error vs fp64 is printed too
 Timing: every column is the median over replays of a CUDA graph that calls the op many times, rotating over
 enough weight copies that they do not fit in L2 (>= 4 copies, >= 2x L2 bytes); time per call = replay / calls.
 The whole Gemma-4-12B linear stack per token (40 sliding + 8 global layers, distinct weights for every layer) is
-timed as one graph at M = 1 and M = 32 and compared with the FP8 floor = weight bytes / copy bandwidth.
+timed as one graph at M = 1 and M = 32 (--stack-ms) and compared with the FP8 floor = weight bytes / copy bandwidth.
 
 --tune additionally times hand-set kernel configurations per (shape, M) and prints the fastest (used to set the
 dispatch table in plugins/kernels/block_fp8_gemm.cu).
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trt_gemma4 import kernels  # noqa: E402
+from trt_gemma4.kernels import triton_gemm  # noqa: E402
 from trt_gemma4.kernels.reference import dequantize_block_fp8  # noqa: E402
 
 SHAPES = {
@@ -198,6 +203,10 @@ def make_w8a8(q: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> tuple[Callab
     return None, " | ".join(errors)
 
 
+def fmt(v: float | None) -> str:
+    return f"{v:9.1f}" if v is not None else f"{'-':>9}"
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
@@ -219,30 +228,55 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
             f"({copies} rotated copies)"
         )
         print(
-            f"{'M':>5} {'ours us':>9} {'bf16 us':>9} {'speedup':>7} {'GB/s':>6} {'%copy':>6} {'dq+bf16':>9} "
-            f"{'w8a8 us':>9} {'kernel':>9} {'cfg (kernel,tile,rg,warps,splits,depth,dequant)':>30}"
+            f"{'M':>5} {'ours us':>9} {'bf16 us':>9} {'speedup':>7} {'GB/s':>6} {'%copy':>6} {'cuda us':>9} "
+            f"{'triton':>9} {'tr best':>9} {'dq+bf16':>9} {'w8a8 us':>9} {'kernel':>9}  path / triton best config"
         )
         rows = []
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
             ref = x.double() @ dequantize_block_fp8(q0, s0, torch.float64).t()
-            err = rel_err(ops.block_fp8_gemm(x, q0, s0), ref)
-            t_ours = time_graph([lambda q=q, s=s, x=x: ops.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
+            err = rel_err(kernels.block_fp8_gemm(x, q0, s0), ref)
+            t_ours = time_graph([lambda q=q, s=s, x=x: kernels.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
+            t_cuda = time_graph([lambda q=q, s=s, x=x: ops.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
             t_bf16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in wd])
-            t_dq = time_graph(
-                [lambda q=q, s=s, x=x: F.linear(x, ops.block_fp8_dequantize(q, s)) for q, s in zip(qs, ss)]
-            )
-            w8 = [make_w8a8(q, s, x) for q, s in zip(qs, ss)]
-            t_w8, w8_err, w8_how = None, None, w8[0][1]
-            if w8[0][0] is not None:
-                w8_err = rel_err(w8[0][0](), ref)
-                if w8_err < 0.1:  # W8A8 with 1x128 activation quant lands near 3e-2; far above that is a wrong call
-                    t_w8 = time_graph([f for f, _ in w8])
-                else:
-                    w8_how += " (wrong result, not timed)"
+            t_triton, triton_err, sweep = None, None, {}
+            use_triton = triton_gemm.available() and triton_gemm.prefers_triton(m, n, k)
+            if triton_gemm.available():
+                triton_err = rel_err(triton_gemm.block_fp8_gemm_triton(x, q0, s0), ref)
+                t_triton = time_graph(
+                    [lambda q=q, s=s, x=x: triton_gemm.block_fp8_gemm_triton(x, q, s) for q, s in zip(qs, ss)]
+                )
+                if args.triton_sweep:
+                    for c in triton_gemm.CONFIGS:
+                        if c.split_k > 1 and m > 512:  # the tile grid alone fills the SMs there
+                            continue
+                        sweep[c.name] = time_graph(
+                            [
+                                lambda q=q, s=s, x=x, c=c: triton_gemm.block_fp8_gemm_triton(x, q, s, config=c)
+                                for q, s in zip(qs, ss)
+                            ],
+                            min_ms=1.5,
+                            replays=3,
+                        )
+            best_name = min(sweep, key=sweep.get) if sweep else None
+            t_dq, t_w8, w8_err, w8_how = None, None, None, "skipped (--quick)"
+            if not args.quick:
+                t_dq = time_graph(
+                    [lambda q=q, s=s, x=x: F.linear(x, ops.block_fp8_dequantize(q, s)) for q, s in zip(qs, ss)]
+                )
+                w8 = [make_w8a8(q, s, x) for q, s in zip(qs, ss)]
+                w8_how = w8[0][1]
+                if w8[0][0] is not None:
+                    w8_err = rel_err(w8[0][0](), ref)
+                    if w8_err < 0.1:  # W8A8 with 1x128 activation quant lands near 3e-2; far above: a wrong call
+                        t_w8 = time_graph([f for f, _ in w8])
+                    else:
+                        w8_how += " (wrong result, not timed)"
             cfg = ops.block_fp8_gemm_default_config(m, n, k)
-            t_kernel = t_ours
-            if cfg[-1]:  # dispatch chose dequant + cuBLAS: also time our own kernel with its default config
+            t_kernel: float | None = t_cuda
+            if cfg[-1] and args.quick:
+                t_kernel = None
+            elif cfg[-1]:  # the CUDA op chose dequant + cuBLAS: also time our own kernel
                 t_kernel = time_graph(
                     [
                         lambda q=q, s=s, x=x, c=cfg: ops.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5])
@@ -252,6 +286,13 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
             row = {
                 "M": m,
                 "ours_us": t_ours,
+                "ours_path": "triton" if use_triton else "cuda",
+                "cuda_us": t_cuda,
+                "triton_us": t_triton,
+                "triton_config": triton_gemm.default_config(m, n, k).name,
+                "triton_rel_err": triton_err,
+                "triton_sweep_us": sweep,
+                "triton_best": best_name,
                 "bf16_us": t_bf16,
                 "speedup": t_bf16 / t_ours,
                 "weight_GBps": wbytes / (t_ours * 1e-6) / 1e9,
@@ -266,10 +307,11 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
                 "floor_us": floor_us,
             }
             rows.append(row)
-            w8s = f"{t_w8:9.1f}" if t_w8 is not None else f"{'n/a':>9}"
             print(
                 f"{m:5d} {t_ours:9.1f} {t_bf16:9.1f} {t_bf16 / t_ours:7.2f} {row['weight_GBps']:6.0f} "
-                f"{row['frac_copy_bw']:6.2f} {t_dq:9.1f} {w8s} {t_kernel:9.1f} {str(cfg):>30}  err {err:.1e}"
+                f"{row['frac_copy_bw']:6.2f} {t_cuda:9.1f} {fmt(t_triton)} {fmt(sweep.get(best_name))} {fmt(t_dq)} "
+                f"{fmt(t_w8)} {fmt(t_kernel)}  {row['ours_path']} / {best_name}  err {err:.1e}"
+                + (f" triton_err {triton_err:.1e}" if triton_err is not None else "")
                 + (f" w8a8err {w8_err:.1e}" if w8_err is not None else "")
             )
             del x, ref
@@ -291,9 +333,11 @@ def bench_stack(args, bw: float, gen: torch.Generator, results: dict) -> None:
     fp8 = [[quantize_random(n, k, gen) for _, (n, k) in layer] for layer in layers]
     out = {"fp8_bytes": total_bytes, "floor_us": floor_us}
     print(f"\n== whole 12B linear stack per token: 48 layers, FP8 {total_bytes / 1e9:.2f} GB, floor {floor_us:.0f} us")
-    for m in (1, 32):
+    for m in args.stack_ms:
         xs = {k: torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16) for k in (3840, 4096, 8192, 15360)}
-        calls = [lambda q=q, s=s, xs=xs: ops.block_fp8_gemm(xs[q.shape[1]], q, s) for layer in fp8 for q, s in layer]
+        calls = [
+            lambda q=q, s=s, xs=xs: kernels.block_fp8_gemm(xs[q.shape[1]], q, s) for layer in fp8 for q, s in layer
+        ]
         t_ours = time_graph(calls, min_ms=1.0, replays=5) * len(calls)
         out[f"M{m}_ours_us"] = t_ours
         print(f"M={m:3d} ours {t_ours:8.0f} us = {t_ours / floor_us:.3f}x floor", end="")
@@ -370,6 +414,9 @@ def main() -> None:
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")
     p.add_argument("--no-bf16-stack", action="store_true", help="skip cuBLAS in the whole-stack timing")
+    p.add_argument("--stack-ms", type=int, nargs="*", default=[1, 32], help="token counts for the whole stack")
+    p.add_argument("--triton-sweep", action="store_true", help="time every Triton configuration per (shape, M)")
+    p.add_argument("--quick", action="store_true", help="skip the dq+bf16, w8a8 and CUDA-kernel-alone columns")
     args = p.parse_args()
 
     if not kernels.available():
@@ -389,6 +436,8 @@ def main() -> None:
         "cuda": torch.version.cuda,
         "copy_bandwidth_GBps": bw,
         "copy_bandwidth_ways_GBps": bw_ways,
+        "triton": getattr(triton_gemm.triton, "__version__", None),
+        "triton_unavailable": triton_gemm.unavailable_reason(),
         "timing": "CUDA-graph replay, rotated weight copies, median per call",
         "shapes": {},
     }

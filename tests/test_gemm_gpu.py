@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from trt_gemma4 import kernels
+from trt_gemma4.kernels import triton_gemm
 from trt_gemma4.kernels.reference import dequantize_block_fp8
 
 pytestmark = [
@@ -123,3 +124,73 @@ def test_wrapper_rejects_bad_inputs() -> None:
         kernels.block_fp8_gemm(x[:, :128], w, s)
     y = kernels.block_fp8_gemm(x.view(2, 2, 256), w, s)
     assert y.shape == (2, 2, 128)
+
+
+# ---- Triton wgmma path (trt_gemma4/kernels/triton_gemm.py) ----
+
+triton_only = pytest.mark.skipif(
+    not triton_gemm.available(), reason=f"Triton GEMM unavailable: {triton_gemm.unavailable_reason()}"
+)
+
+
+@triton_only
+@pytest.mark.parametrize("config", triton_gemm.CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    ("n", "k", "m"), [(144, 272, 37), (320, 1040, 13), (1024, 2064, 200), (384, 3840, 129)], ids=str
+)
+def test_triton_every_config_matches_fp64(config: triton_gemm.TritonGemmConfig, n: int, k: int, m: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    triton_gemm.block_fp8_gemm_triton(x, w, s, config=config, out=y)
+    torch.cuda.synchronize()
+    check(y, x, w, s, f"triton {config.name} M={m} N={n} K={k}")
+
+
+@triton_only
+@pytest.mark.parametrize(
+    ("n", "k", "m"),
+    [(n, k, m) for (n, k) in SHAPES_12B for m in (64, 129, 1025)]
+    + [(8192, 3840, 4097), (30720, 3840, 2047), (3840, 15360, 255)]
+    + [(n, k, m) for (n, k) in SHAPES_DRAFTER for m in (65, 511)]
+    + [(n, k, m) for (n, k) in SHAPES_ODD for m in (64, 255, 2047)],
+    ids=str,
+)
+def test_triton_dispatch_matches_fp64(n: int, k: int, m: int) -> None:
+    """The configuration the dispatch picks, NaN-poisoned output; then the dispatch itself gives the same bits."""
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    triton_gemm.block_fp8_gemm_triton(x, w, s, out=y)
+    torch.cuda.synchronize()
+    check(y, x, w, s, f"triton default M={m} N={n} K={k}")
+    if triton_gemm.prefers_triton(m, n, k):
+        torch.testing.assert_close(kernels.block_fp8_gemm(x, w, s), y, rtol=0, atol=0)
+
+
+@triton_only
+@pytest.mark.parametrize("bit_convert", [True, False], ids=["bits", "cvt"])
+def test_triton_fp8_conversion_is_exact(bit_convert: bool) -> None:
+    """X = identity, S = 1: Y[m, n] = W[n, m] exactly, for every finite E4M3 code (subnormals and -0 included)."""
+    codes = torch.arange(256, dtype=torch.int32, device="cuda")
+    codes = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)  # drop the two NaN codes
+    n, k = 256, 128
+    w = codes.repeat(-(-n * k // codes.numel()))[: n * k].view(n, k).view(torch.float8_e4m3fn)
+    x = torch.eye(k, device="cuda", dtype=torch.bfloat16)
+    s = torch.ones(2, 1, device="cuda")
+    cfg = triton_gemm.TritonGemmConfig(128, 128, True, 8, 3, bit_convert=bit_convert)
+    for config in (cfg, triton_gemm.TritonGemmConfig(128, 128, False, 8, 3, bit_convert=bit_convert)):
+        y = triton_gemm.block_fp8_gemm_triton(x, w, s, config=config)
+        expected = w.float().t().to(torch.bfloat16)
+        # Compared as values: a -0 weight sums to +0 with the zero products, which is the same number.
+        assert torch.equal(y.float(), expected.float()), f"{config.name}: inexact FP8 -> BF16 conversion"
+
+
+@triton_only
+def test_triton_zero_scale_blocks() -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(300, 256, 512, gen)
+    s[0, 1] = 0.0
+    s[1, 3] = 0.0
+    for config in triton_gemm.CONFIGS[:8]:
+        check(triton_gemm.block_fp8_gemm_triton(x, w, s, config=config), x, w, s, f"zero-scale {config.name}")

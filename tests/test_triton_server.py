@@ -51,7 +51,7 @@ def converted_tiny(tiny_root: Path, tiny_text_ckpt: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served(converted_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
     """The reference repository of the tiny checkpoint, served by a real tritonserver on 127.0.0.1."""
     if triton_server.find_tritonserver() is None:
@@ -73,7 +73,7 @@ def served(converted_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
         assert code == 0, f"tritonserver did not shut down cleanly ({code}):\n{server.log_tail()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def greedy_reference(served, converted_tiny: Path):
     """The torch backend's own greedy continuation of a chat prompt: suppressed tokens masked as the checkpoint's
     generation_config says, stopped at eos or end of turn (both included, as the engine returns them)."""

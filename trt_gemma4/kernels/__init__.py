@@ -8,6 +8,10 @@ sub-directory per architecture and torch version.
 
 ``available()`` says whether that can work here (CUDA torch, a GPU, nvcc); ``unavailable_reason()`` says why not.
 The pure-torch reference (CPU) lives in :mod:`trt_gemma4.kernels.reference`.
+
+:func:`block_fp8_gemm` dispatches: large M goes to the Triton wgmma kernel (:mod:`trt_gemma4.kernels.triton_gemm`)
+where that measured faster and triton is importable on an sm_90 GPU (``TRT_GEMMA4_NO_TRITON=1`` turns it off);
+everything else runs the CUDA op.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from trt_gemma4.kernels import triton_gemm
 from trt_gemma4.kernels.reference import (
     block_fp8_gemm_reference,
     dequantize_block_fp8,
@@ -155,5 +160,9 @@ def block_fp8_gemm(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.T
     s2 = normalize_block_scale(s, n, k)
     if not (x.is_cuda and w.is_cuda and s2.is_cuda) or not (x.device == w.device == s2.device):
         raise ValueError(f"block_fp8_gemm: x, w, s must be on one CUDA device, got {x.device}, {w.device}, {s2.device}")
+    m = x.numel() // k
+    if triton_gemm.prefers_triton(m, n, k) and triton_gemm.available():
+        y = triton_gemm.block_fp8_gemm_triton(x.reshape(m, k).contiguous(), w.contiguous(), s2.contiguous())
+        return y.reshape(*x.shape[:-1], n)
     load()
     return torch.ops.trt_gemma4.block_fp8_gemm(x, w.contiguous(), s2.contiguous())

@@ -24,6 +24,7 @@ imports nothing from the package for the same reason (the AOT compiler executes 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -82,6 +83,10 @@ CONFIGS: tuple[TritonGemmConfig, ...] = (
     _cfg(128, 128, True, 8, 3),
     _cfg(64, 128, True, 4, 4),
     _cfg(64, 256, True, 8, 3),
+    # Two stages: ~half the shared memory, so two 4-warp CTAs share an SM and one's FP8 conversion overlaps the
+    # other's wgmma (within one CTA the dot is waited on before the scale is applied).
+    _cfg(64, 128, False, 4, 2),
+    _cfg(64, 128, True, 4, 2),
     _cfg(128, 128, False, 8, 3, bit=False),
     _cfg(128, 128, True, 8, 3, bit=False),
     _cfg(64, 128, True, 4, 4, split=2),
@@ -93,18 +98,24 @@ CONFIGS: tuple[TritonGemmConfig, ...] = (
 )
 
 
+@functools.cache
+def _device_reason(device: int) -> str | None:
+    capability = torch.cuda.get_device_capability(device)
+    if capability != (9, 0):
+        # Tuned and measured on sm_90 only (wgmma); elsewhere the CUDA kernels stay in charge.
+        return f"compute capability {capability} is not sm_90"
+    return None
+
+
 def unavailable_reason() -> str | None:
-    """Why the Triton path cannot run here, or ``None`` when it can."""
+    """Why the Triton path cannot run here (on the current CUDA device), or ``None`` when it can."""
     if triton is None:
         return "triton is not installed"
     if torch.version.cuda is None or not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     if os.environ.get("TRT_GEMMA4_NO_TRITON"):
         return "disabled by TRT_GEMMA4_NO_TRITON"
-    if torch.cuda.get_device_capability() != (9, 0):
-        # Tuned and measured on sm_90 only (wgmma); elsewhere the CUDA kernels stay in charge.
-        return f"compute capability {torch.cuda.get_device_capability()} is not sm_90"
-    return None
+    return _device_reason(torch.cuda.current_device())
 
 
 def available() -> bool:
@@ -140,8 +151,9 @@ if triton is not None:
 
     @triton.jit
     def _fp8e4m3_to_bf16_bits(w):
-        # w: raw E4M3 bytes (uint8). E4M3 s.eeee.mmm -> BF16 s.0000eeee.mmm0000, which is the value times 2^-120 for normal and subnormal
-        # inputs alike (the BF16 exponent field covers E4M3's); one exact multiply by 2^120 restores it.
+        # w: raw E4M3 bytes (uint8). s.eeee.mmm -> BF16 s.0000eeee.mmm0000 is the value times 2^-120, for normal
+        # and subnormal inputs alike (the BF16 exponent field covers E4M3's); one exact multiply by 2^120 restores
+        # it. Bit operations avoid Triton's cvt chain (e4m3 -> f16 -> bf16) on Hopper's slow conversion pipe.
         b = w.to(tl.uint16)
         bits = (((b & 0x80) << 8) | ((b & 0x7F) << 4)).to(tl.uint16)
         return bits.to(tl.bfloat16, bitcast=True) * 1.329227995784916e36  # 2^120, exact in FP32 and BF16
