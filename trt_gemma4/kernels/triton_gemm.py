@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -41,9 +41,12 @@ BLOCK_K = 128  # one scale block along K per loop step
 SPLITK_REDUCE_BLOCK = 1024
 
 
-@dataclass(frozen=True)
-class TritonGemmConfig:
-    """One compiled variant. ``block_m`` counts tokens (rows of X/Y), ``block_n`` weight rows (columns of Y)."""
+class TritonGemmConfig(NamedTuple):
+    """One compiled variant. ``block_m`` counts tokens (rows of X/Y), ``block_n`` weight rows (columns of Y).
+
+    (A NamedTuple rather than a dataclass: ``triton.tools.compile`` executes this file outside ``sys.modules``,
+    where dataclasses cannot resolve their annotations.)
+    """
 
     block_m: int
     block_n: int
