@@ -25,12 +25,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="identity",
         help="KV-cache scales: 1.0 (identity, default) or the export's k_scale/v_scale (checkpoint)",
     )
+    p.add_argument(
+        "--drafter",
+        metavar="DIR",
+        default=None,
+        help="also convert the assistant drafter (gemma4_unified_assistant) in DIR into OUT/drafter",
+    )
+    p.add_argument(
+        "--drafter-weights",
+        choices=["bf16", "block_fp8"],
+        default="bf16",
+        help="the drafter's linear weights in the output: BF16 as published (default) or our block-FP8 format",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+
     from trt_gemma4.convert import convert
 
     result = convert(args.ckpt, args.out, tp=args.tp, pp=args.pp, kv_scales=args.kv_scales, progress=None)
+    if args.drafter:
+        from trt_gemma4.checkpoint.drafter import attach_drafter
+
+        try:
+            d = attach_drafter(result.out, args.drafter, args.drafter_weights)
+        except BaseException:
+            shutil.rmtree(result.out, ignore_errors=True)  # nothing half-written: no target without its drafter
+            raise
+        print(f"drafter {args.drafter}: {d.num_layers} layers, hidden {d.hidden_size} ({args.drafter_weights})")
     rep = result.report
     sizes = ", ".join(f"{r['file']} {r['bytes'] / 1e6:.1f} MB" for r in rep["ranks"])
     print(
