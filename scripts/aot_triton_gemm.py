@@ -155,6 +155,9 @@ def write_header(entries: list[dict], reduces: dict[int, dict], out_dir: Path) -
         "#include <cuda.h>",
         "#include <stdint.h>",
         "",
+        "#ifdef __cplusplus",
+        'extern "C" {  // the launchers are C functions',
+        "#endif",
     ]
     lines += [f'#include "{e["header"]}"' for e in entries]
     lines += [f'#include "{r["header"]}"' for r in reduces.values()]
@@ -186,6 +189,7 @@ def write_header(entries: list[dict], reduces: dict[int, dict], out_dir: Path) -
             f"{e['entry']}, {red['entry'] if red else 'NULL'}, load_{e['entry']}, unload_{e['entry']}}},"
         )
     lines += ["};", f"static const int kTritonBlockFp8GemmKernelCount = {len(entries)};", ""]
+    lines += ["#ifdef __cplusplus", '}  // extern "C"', "#endif", ""]
     path = out_dir / "block_fp8_gemm_triton_aot.h"
     path.write_text("\n".join(lines))
     return path

@@ -316,6 +316,7 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
             )
             del x, ref
         results["shapes"][name] = {"N": n, "K": k, "fp8_bytes": wbytes, "copies": copies, "rows": rows}
+        save(args, results)  # after every shape, so a run cut short still leaves its numbers
         del qs, ss, wd
         torch.cuda.empty_cache()
 
@@ -452,6 +453,11 @@ def main() -> None:
         bench_shapes(args, bw, l2, gen, results)
     if not args.no_stack:
         bench_stack(args, bw, gen, results)
+    save(args, results)
+
+
+def save(args, results: dict) -> None:
+    """Write the JSON to --out and, when $OUT is set, to $OUT as well."""
     text = json.dumps(results, indent=1)
     Path(args.out).write_text(text)
     if os.environ.get("OUT"):

@@ -21,8 +21,9 @@ def test_convert_with_drafter_records_the_wiring(tiny_ckpt: Path, tiny_drafter_c
     assert (out / "drafter" / "rank0.safetensors").is_file()
 
 
-def test_convert_with_a_drafter_that_does_not_fit_writes_nothing(tiny_tp_ckpt: Path, tiny_drafter_ckpt: Path,
-                                                                 tmp_path: Path) -> None:
+def test_convert_with_a_drafter_that_does_not_fit_writes_nothing(
+    tiny_tp_ckpt: Path, tiny_drafter_ckpt: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ckpt"
     r = _cli("convert", str(tiny_tp_ckpt), str(out), "--drafter", str(tiny_drafter_ckpt))
     assert r.returncode == 1

@@ -64,11 +64,14 @@ def _backend(src: WeightSource | Path, dtype: torch.dtype = torch.float32, **cac
     return TorchBackend(src, dtype=dtype, cache=cfg)
 
 
-def test_fp32_backend_matches_hf_on_batched_unequal_prompts(weights: WeightSource, hf_fp32,
-                                                            prompts: list[list[int]]) -> None:
+def test_fp32_backend_matches_hf_on_batched_unequal_prompts(
+    weights: WeightSource, hf_fp32, prompts: list[list[int]]
+) -> None:
     rep = compare_model(_backend(weights), hf_fp32, prompts, greedy_tokens=32)
-    print(f"fp32 parity: max|Δ|/max|logit| = {rep.rel_logit_error:.2e}, greedy "
-          f"{rep.greedy_tokens_equal}/{rep.greedy_tokens_total}")
+    print(
+        f"fp32 parity: max|Δ|/max|logit| = {rep.rel_logit_error:.2e}, greedy "
+        f"{rep.greedy_tokens_equal}/{rep.greedy_tokens_total}"
+    )
     assert rep.rel_logit_error <= 1e-4
     assert rep.argmax_agreement == 1.0
     assert rep.greedy_tokens_equal == rep.greedy_tokens_total == 32 * len(prompts)
@@ -103,8 +106,9 @@ def test_parity_detects_a_wrong_norm_convention(weights: WeightSource, hf_fp32, 
     assert rep.rel_logit_error > 1e-2
 
 
-def test_modelopt_export_and_converted_checkpoint_run_identically(tiny_ckpt: Path, weights: WeightSource,
-                                                                  prompts: list[list[int]]) -> None:
+def test_modelopt_export_and_converted_checkpoint_run_identically(
+    tiny_ckpt: Path, weights: WeightSource, prompts: list[list[int]]
+) -> None:
     assert isinstance(weights, ConvertedCheckpoint)
     direct = open_weights(tiny_ckpt)
     assert isinstance(direct, ModelOptExport)
@@ -155,8 +159,9 @@ def _run_fp64(path: Path, prompts: list[list[int]]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(("tp", "pp"), [(2, 1), (4, 1), (1, 2), (2, 2)])
-def test_sharded_conversion_runs_equal_to_tp1_pp1(tp_conversions: dict[tuple[int, int], Path], tp_reference,
-                                                  tp: int, pp: int) -> None:
+def test_sharded_conversion_runs_equal_to_tp1_pp1(
+    tp_conversions: dict[tuple[int, int], Path], tp_reference, tp: int, pp: int
+) -> None:
     """Rank by rank (column-parallel outputs concatenated, row-parallel partial sums added) and stage by stage."""
     w = open_weights(tp_conversions[tp, pp])
     assert (w.tp, w.pp) == (tp, pp)

@@ -36,8 +36,9 @@ def weights(tiny_ckpt: Path) -> WeightSource:
     return open_weights(tiny_ckpt)
 
 
-def _backend(weights: WeightSource, dtype: torch.dtype = F64, kv_dtype: torch.dtype | None = None,
-             **cfg: object) -> TorchBackend:
+def _backend(
+    weights: WeightSource, dtype: torch.dtype = F64, kv_dtype: torch.dtype | None = None, **cfg: object
+) -> TorchBackend:
     cache = CacheConfig(dtype=kv_dtype or dtype, max_seq_len=cfg.pop("max_seq_len", 96), **cfg)  # type: ignore[arg-type]
     return TorchBackend(weights, dtype=dtype, cache=cache)
 
@@ -135,7 +136,7 @@ def test_pools_follow_the_trtllm_layout(weights: WeightSource) -> None:
             assert torch.equal(stored_k, k[p]) and torch.equal(stored_v, v[p]), (layer, p)
         if kind == GLOBAL:  # dims 0..63 in plane 0, 64..127 in plane 1
             unit = st.offsets[kind][0, 0].item() + 2 * lip
-            assert torch.equal(units[unit, 1, 3, :], k[3, 0, spec.kv_head_size:])
+            assert torch.equal(units[unit, 1, 3, :], k[3, 0, spec.kv_head_size :])
 
 
 def test_reading_an_overwritten_ring_slot_raises(weights: WeightSource) -> None:
@@ -171,8 +172,10 @@ def test_storage_error_per_layer_and_kv_bounds(weights: WeightSource) -> None:
     reports = calibrate(weights, [_ids(40, 9), _ids(25, 10)])
     assert [r.layer for r in reports] == list(weights.spec.layer_range)
     for r in reports:
-        print(f"layer {r.layer:2d} {r.kind:7s} bf16 {r.error_bf16:.2e} fp8 identity {r.error_fp8_identity:.2e} "
-              f"fp8 checkpoint {r.error_fp8_checkpoint:.2e}")
+        print(
+            f"layer {r.layer:2d} {r.kind:7s} bf16 {r.error_bf16:.2e} fp8 identity {r.error_fp8_identity:.2e} "
+            f"fp8 checkpoint {r.error_fp8_checkpoint:.2e}"
+        )
         assert 0 < r.error_bf16 <= 3e-2
         assert r.error_bf16 < r.error_fp8_identity <= 0.4
         assert r.error_fp8_checkpoint is not None and r.error_fp8_checkpoint <= 0.5

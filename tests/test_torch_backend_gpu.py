@@ -28,8 +28,9 @@ def converted(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _backend(path: Path, device: str, dtype: torch.dtype, use_kernels: bool = True) -> TorchBackend:
-    return TorchBackend(path, dtype=dtype, device=device, use_kernels=use_kernels,
-                        cache=CacheConfig(dtype=dtype, max_seq_len=128))
+    return TorchBackend(
+        path, dtype=dtype, device=device, use_kernels=use_kernels, cache=CacheConfig(dtype=dtype, max_seq_len=128)
+    )
 
 
 def test_linears_run_on_the_block_fp8_kernel(converted: Path) -> None:
@@ -73,8 +74,9 @@ def test_global_layers_run_on_the_attention_kernel(converted: Path, kv_dtype: to
     long = torch.randint(16, 512, (40,), generator=g).tolist()
     short = torch.randint(16, 512, (9,), generator=g).tolist()
     for kernel in (True, False):
-        be = TorchBackend(converted, dtype=torch.bfloat16, device="cuda",
-                          cache=CacheConfig(dtype=kv_dtype, max_seq_len=128))
+        be = TorchBackend(
+            converted, dtype=torch.bfloat16, device="cuda", cache=CacheConfig(dtype=kv_dtype, max_seq_len=128)
+        )
         be.ops._gemm = None
         if not kernel:
             be.ops._global_attention = None

@@ -114,10 +114,25 @@ def test_calibrate_kv_on_text_prompts(tiny_ckpt: Path, tmp_path: Path, capsys: p
     assert rc == 0 and len(out["prompt_lengths"]) == 2 and min(out["prompt_lengths"]) > 1
 
 
-def test_verify_speculative_reports_agreement_and_acceptance(converted: dict[str, Path], tiny_drafter_ckpt: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out = _json(capsys, ["verify", str(converted["tp1"]), "--json", "--greedy-tokens", "8", "--prompt-lengths",
-                             "37,1", "--speculative", str(tiny_drafter_ckpt), "--draft-len", "3"])
+def test_verify_speculative_reports_agreement_and_acceptance(
+    converted: dict[str, Path], tiny_drafter_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out = _json(
+        capsys,
+        [
+            "verify",
+            str(converted["tp1"]),
+            "--json",
+            "--greedy-tokens",
+            "8",
+            "--prompt-lengths",
+            "37,1",
+            "--speculative",
+            str(tiny_drafter_ckpt),
+            "--draft-len",
+            "3",
+        ],
+    )
     sp = out["speculative"]
     assert rc == 0 and out["pass"] is True
     assert sp["draft_len"] == 3 and sp["tokens_equal"] == sp["tokens_total"] == 16

@@ -69,8 +69,7 @@ def capture_attention(backend: TorchBackend, prompts: Sequence[Sequence[int]]) -
 
     def record(layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = inner(layer, q, k, v)
-        calls.setdefault(layer.index, []).append(_Call(layer, q.clone(), k.clone(), v.clone(), out.clone(),
-                                                       q.shape[0]))
+        calls.setdefault(layer.index, []).append(_Call(layer, q.clone(), k.clone(), v.clone(), out.clone(), q.shape[0]))
         return out
 
     ops.attention = record  # type: ignore[method-assign]
@@ -86,15 +85,15 @@ def capture_attention(backend: TorchBackend, prompts: Sequence[Sequence[int]]) -
     return calls
 
 
-def replay_error(weights: WeightSource, calls: list[_Call], dtype: torch.dtype, scales: KVScales | None,
-                 tokens_per_block: int = 16) -> float:
+def replay_error(
+    weights: WeightSource, calls: list[_Call], dtype: torch.dtype, scales: KVScales | None, tokens_per_block: int = 16
+) -> float:
     """Relative attention-output error of one layer's recorded calls replayed through a `dtype` cache."""
     spec = weights.spec
     num, den = 0.0, 1e-30
     max_len = max(c.n for c in calls)
     for c in calls:
-        cfg = CacheConfig(dtype=dtype, tokens_per_block=tokens_per_block, max_seq_len=max(max_len, 1),
-                          max_sequences=1)
+        cfg = CacheConfig(dtype=dtype, tokens_per_block=tokens_per_block, max_seq_len=max(max_len, 1), max_sequences=1)
         cache = PagedKVCache(spec, cfg, {c.layer.index: scales} if scales else {}, "cpu")
         ops = TorchOps(weights, cache, torch.float32, "cpu")
         sid = cache.add()
@@ -110,8 +109,9 @@ def calibrate(weights: WeightSource, prompts: Sequence[Sequence[int]]) -> list[L
     """Per-layer K/V amax (as stored: K after RoPE), bounds, checkpoint scales and attention-output errors."""
     spec = weights.spec
     max_len = max(len(p) for p in prompts)
-    backend = TorchBackend(weights, dtype=torch.float32,
-                           cache=CacheConfig(dtype=torch.float32, max_seq_len=max_len, max_sequences=1))
+    backend = TorchBackend(
+        weights, dtype=torch.float32, cache=CacheConfig(dtype=torch.float32, max_seq_len=max_len, max_sequences=1)
+    )
     calls = capture_attention(backend, prompts)
     reports = []
     for i in spec.layer_range:
@@ -129,18 +129,20 @@ def calibrate(weights: WeightSource, prompts: Sequence[Sequence[int]]) -> list[L
         if ck is not None:
             ek, ev = (ck.k, ck.v) if spec.is_global(i) else (max(ck.k, ck.v),) * 2
             clip = k_amax > FP8_MAX * ek or v_amax > FP8_MAX * ev
-        reports.append(LayerKVReport(
-            layer=i,
-            kind=spec.layer_types[i],
-            k_amax=k_amax,
-            v_amax=v_amax,
-            k_bound=k_norm * math.sqrt(hd),
-            v_bound=math.sqrt(hd),
-            checkpoint_k_scale=ck.k if ck else None,
-            checkpoint_v_scale=ck.v if ck else None,
-            error_bf16=replay_error(weights, layer_calls, torch.bfloat16, None),
-            error_fp8_identity=replay_error(weights, layer_calls, FP8, None),
-            error_fp8_checkpoint=replay_error(weights, layer_calls, FP8, ck) if ck else None,
-            checkpoint_scales_clip=clip,
-        ))
+        reports.append(
+            LayerKVReport(
+                layer=i,
+                kind=spec.layer_types[i],
+                k_amax=k_amax,
+                v_amax=v_amax,
+                k_bound=k_norm * math.sqrt(hd),
+                v_bound=math.sqrt(hd),
+                checkpoint_k_scale=ck.k if ck else None,
+                checkpoint_v_scale=ck.v if ck else None,
+                error_bf16=replay_error(weights, layer_calls, torch.bfloat16, None),
+                error_fp8_identity=replay_error(weights, layer_calls, FP8, None),
+                error_fp8_checkpoint=replay_error(weights, layer_calls, FP8, ck) if ck else None,
+                checkpoint_scales_clip=clip,
+            )
+        )
     return reports

@@ -70,8 +70,10 @@ def dequantized_components(
 ) -> list[torch.Tensor]:
     """The whole-model weight [n, K] of each component of a fused linear, ranks put back together."""
     sizes = linear_sizes(spec, layer, lin)
-    deq = [dequantize_blocks(src.get(name + ".weight", r), src.get(f"{name}.{SCALE_SUFFIX}", r), dtype)
-           for r in range(src.tp)]
+    deq = [
+        dequantize_blocks(src.get(name + ".weight", r), src.get(f"{name}.{SCALE_SUFFIX}", r), dtype)
+        for r in range(src.tp)
+    ]
     if lin.tp_dim == 1:  # row parallel: input columns split
         return [torch.cat(deq, dim=1)]
     replicated = [p in lin.replicated for p in lin.hf_parts]
@@ -79,7 +81,7 @@ def dequantized_components(
     out = []
     for c, (off, n) in enumerate(fused_segments(rank_sizes)):
         ranks = deq[:1] if replicated[c] else deq
-        out.append(torch.cat([w[off:off + n] for w in ranks], dim=0))
+        out.append(torch.cat([w[off : off + n] for w in ranks], dim=0))
     return out
 
 
@@ -115,8 +117,10 @@ def build_hf_model(src: WeightSource, dtype: torch.dtype = torch.float32) -> Any
     transformers = require_transformers()
     spec = src.spec
     model = transformers.Gemma4UnifiedForCausalLM(hf_text_config(spec)).to(dtype).eval()
-    sd = {"model.embed_tokens.weight": src.get(gemma4.EMBEDDING).to(dtype),
-          "model.norm.weight": src.get(gemma4.FINAL_NORM).to(dtype)}
+    sd = {
+        "model.embed_tokens.weight": src.get(gemma4.EMBEDDING).to(dtype),
+        "model.norm.weight": src.get(gemma4.FINAL_NORM).to(dtype),
+    }
     for i in spec.layer_range:
         sd.update({f"model.layers.{i}.{k}": v for k, v in hf_layer_state(src, spec, i, dtype).items()})
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -164,13 +168,24 @@ def hf_greedy(model: Any, prompt: Sequence[int], n: int) -> list[int]:
     """Greedy continuation with HF's own cache (generate without sampling)."""
     ids = torch.tensor([list(prompt)], device=model.device)
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
-                             pad_token_id=model.config.pad_token_id)
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            ids,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=model.config.pad_token_id,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
-def compare_model(backend: TorchBackend, model: Any, prompts: Sequence[Sequence[int]], greedy_tokens: int = 0,
-                  low_precision_model: Any | None = None) -> ParityReport:
+def compare_model(
+    backend: TorchBackend,
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    greedy_tokens: int = 0,
+    low_precision_model: Any | None = None,
+) -> ParityReport:
     """Whole-model comparison: every position's logits of every prompt (our prompts run as one batch), then
     greedy continuations (ours batched) against HF generate. `model` is the reference; when the backend runs
     in a lower precision, `low_precision_model` (HF in that dtype) measures how far HF itself lands from it."""
@@ -198,8 +213,19 @@ def compare_model(backend: TorchBackend, model: Any, prompts: Sequence[Sequence[
             for p in prompts:
                 ids = torch.tensor([list(p)], device=model.device)
                 ref = model(input_ids=ids).logits[0].float()
-                low = max(low, (low_precision_model(input_ids=ids.to(low_precision_model.device)).logits[0].float()
-                                .to(ref.device) - ref).abs().max().item())
+                low = max(
+                    low,
+                    (
+                        low_precision_model(input_ids=ids.to(low_precision_model.device))
+                        .logits[0]
+                        .float()
+                        .to(ref.device)
+                        - ref
+                    )
+                    .abs()
+                    .max()
+                    .item(),
+                )
         rep.hf_low_precision_rel_error = low / den
     if greedy_tokens:
         ours_gen = backend.generate(prompts, greedy_tokens)
@@ -231,8 +257,9 @@ def _hf_mask(spec: Gemma4Spec, layer: int, n: int, dtype: torch.dtype) -> torch.
     return torch.zeros(n, n, dtype=dtype).masked_fill(~ok, torch.finfo(dtype).min)[None, None]
 
 
-def compare_layers(backend: TorchBackend, prompts: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32
-                   ) -> ParityReport:
+def compare_layers(
+    backend: TorchBackend, prompts: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32
+) -> ParityReport:
     """Layer-by-layer comparison streaming one layer's weights at a time (backend built with
     cache_weights=False). Both sides run their own hidden stream; reported: max|Δh|/max|h| after each layer,
     and the logits of every position at the end."""
@@ -257,8 +284,10 @@ def compare_layers(backend: TorchBackend, prompts: Sequence[Sequence[int]], dtyp
                 ours = gemma4.embed(ops, spec, packed)
                 # HF's Gemma4UnifiedTextScaledWordEmbedding: weight[ids] * embed_scale in the weight dtype
                 table = src.get(gemma4.EMBEDDING).to(dev, dtype)
-                ref = (torch.nn.functional.embedding(ids.to(dev), table)
-                       * torch.tensor(spec.embedding_scale, device=dev).to(dtype))[None]
+                ref = (
+                    torch.nn.functional.embedding(ids.to(dev), table)
+                    * torch.tensor(spec.embedding_scale, device=dev).to(dtype)
+                )[None]
                 del table
                 shared = KVSharingDict()
                 for s, layers in enumerate(backend.stages):
@@ -274,8 +303,13 @@ def compare_layers(backend: TorchBackend, prompts: Sequence[Sequence[int]], dtyp
                         del state
                         kind = cfg.layer_types[i]
                         with torch.no_grad():
-                            ref = layer(ref, shared_kv_states=shared, position_embeddings=rotary(ref, pos, kind),
-                                        attention_mask=_hf_mask(spec, i, n, dtype).to(dev), position_ids=pos)
+                            ref = layer(
+                                ref,
+                                shared_kv_states=shared,
+                                position_embeddings=rotary(ref, pos, kind),
+                                attention_mask=_hf_mask(spec, i, n, dtype).to(dev),
+                                position_ids=pos,
+                            )
                         del layer
                         r, _ = _rel(ours, ref[0])
                         rep.layer_rel_errors[i] = max(rep.layer_rel_errors[i], r)

@@ -112,14 +112,23 @@ class PagedKVCache:
         self.pools: dict[str, kv.KVPool] = {}
         if spec.sliding_layers:
             self.pools[SLIDING] = kv.KVPool(
-                layers=spec.sliding_layers, kv_heads=spec.sliding_kv_heads, head_size=spec.kv_head_size,
-                tokens_per_block=T, num_blocks=cfg.max_sequences * -(-ring // T), dtype=cfg.dtype,
-                device=self.device, cyclic_len=ring,
+                layers=spec.sliding_layers,
+                kv_heads=spec.sliding_kv_heads,
+                head_size=spec.kv_head_size,
+                tokens_per_block=T,
+                num_blocks=cfg.max_sequences * -(-ring // T),
+                dtype=cfg.dtype,
+                device=self.device,
+                cyclic_len=ring,
             )
         if spec.global_layers:
             self.pools[GLOBAL] = kv.KVPool(
-                layers=spec.global_layers, kv_heads=spec.global_kv_planes, head_size=spec.kv_head_size,
-                tokens_per_block=T, num_blocks=cfg.max_sequences * -(-cfg.max_seq_len // T), dtype=cfg.dtype,
+                layers=spec.global_layers,
+                kv_heads=spec.global_kv_planes,
+                head_size=spec.kv_head_size,
+                tokens_per_block=T,
+                num_blocks=cfg.max_sequences * -(-cfg.max_seq_len // T),
+                dtype=cfg.dtype,
                 device=self.device,
             )
         self.scales = scales
@@ -190,7 +199,7 @@ class PagedKVCache:
         kind = self.kind(layer)
         pool, st = self.pools[kind], self.sequences[sid]
         if pool.cyclic_len is not None and positions.numel() > pool.cyclic_len:
-            positions, k, v = positions[-pool.cyclic_len:], k[-pool.cyclic_len:], v[-pool.cyclic_len:]
+            positions, k, v = positions[-pool.cyclic_len :], k[-pool.cyclic_len :], v[-pool.cyclic_len :]
         s = self.layer_scales(layer)
         kv.write_kv(pool, st.offsets[kind], layer, positions.to(self.device), k, v, s.k, s.v)
         self.mark_written(layer, sid, positions)
@@ -210,8 +219,9 @@ class PagedKVCache:
         pool, st = self.pools[kind], self.sequences[sid]
         positions = positions.cpu()
         if positions.numel() == 0:
-            empty = torch.empty(0, self.spec.kv_heads(layer), self.spec.head_dim(layer), dtype=self.acc,
-                                device=self.device)
+            empty = torch.empty(
+                0, self.spec.kv_heads(layer), self.spec.head_dim(layer), dtype=self.acc, device=self.device
+            )
             return empty, empty.clone()
         held = st.slot_positions[kind][self._slots(pool, positions)]
         if not torch.equal(held, positions.long()):
@@ -221,15 +231,18 @@ class PagedKVCache:
                 f"{kind} ring of {pool.cyclic_len} slots (size the ring window + max draft length)"
             )
         s = self.layer_scales(layer)
-        return kv.read_kv(pool, st.offsets[kind], layer, positions.to(self.device), self.spec.head_dim(layer),
-                          s.k, s.v, self.acc)
+        return kv.read_kv(
+            pool, st.offsets[kind], layer, positions.to(self.device), self.spec.head_dim(layer), s.k, s.v, self.acc
+        )
 
     def round_trip(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V as they will read back from the cache (storage dtype and scales)."""
         s = self.layer_scales(layer)
         dt = self.cfg.dtype
-        return (kv.dequantize(kv.quantize(k, dt, 1.0 / s.k), s.k, self.acc),
-                kv.dequantize(kv.quantize(v, dt, 1.0 / s.v), s.v, self.acc))
+        return (
+            kv.dequantize(kv.quantize(k, dt, 1.0 / s.k), s.k, self.acc),
+            kv.dequantize(kv.quantize(v, dt, 1.0 / s.v), s.v, self.acc),
+        )
 
 
 # ---- the ops ---------------------------------------------------------------------------------------------------
@@ -307,9 +320,11 @@ class TorchOps:
         key = (name, tp_rank, self.stage)
         w = self._dense.get(key)
         if w is None:
-            w = dequantize_blocks(self.weights.get(name + ".weight", tp_rank, self.stage).to(self.device),
-                                  self.weights.get(f"{name}.{SCALE_SUFFIX}", tp_rank, self.stage).to(self.device),
-                                  self.dtype)
+            w = dequantize_blocks(
+                self.weights.get(name + ".weight", tp_rank, self.stage).to(self.device),
+                self.weights.get(f"{name}.{SCALE_SUFFIX}", tp_rank, self.stage).to(self.device),
+                self.dtype,
+            )
             if self.cache_weights:
                 self._dense[key] = w
         return w
@@ -351,11 +366,11 @@ class TorchOps:
         lin = self._linears[name]
         if tp == 1 or lin.tp_dim is None:
             y = self._rank_linear(x, name, 0)
-            return [y[:, off:off + n].to(self.dtype) for off, n in fused_segments(list(sizes))]
+            return [y[:, off : off + n].to(self.dtype) for off, n in fused_segments(list(sizes))]
         if lin.tp_dim == 1:  # row parallel: each rank holds K/tp input columns; the partial outputs are summed
             xs = x.chunk(tp, dim=-1)
             y = sum(self._rank_linear(xs[r], name, r).to(self.acc) for r in range(tp))
-            return [y[:, off:off + n].to(self.dtype) for off, n in fused_segments(list(sizes))]
+            return [y[:, off : off + n].to(self.dtype) for off, n in fused_segments(list(sizes))]
         # column parallel: each rank holds 1/tp of every component, except the replicated ones (global KV head)
         replicated = [p in lin.replicated for p in lin.hf_parts]
         rank_sizes = [n if rep else n // tp for n, rep in zip(sizes, replicated)]
@@ -364,7 +379,7 @@ class TorchOps:
             y = self._rank_linear(x, name, r)
             for c, (off, n) in enumerate(fused_segments(rank_sizes)):
                 if not replicated[c] or r == 0:
-                    pieces[c].append(y[:, off:off + n])
+                    pieces[c].append(y[:, off : off + n])
         return [torch.cat(p, dim=-1).to(self.dtype) for p in pieces]
 
     def _inv(self, layer: AttentionLayer) -> torch.Tensor:
@@ -380,8 +395,13 @@ class TorchOps:
         return apply_rope(x, cos, sin)
 
     def _attend(
-        self, layer: AttentionLayer, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-        q_pos: torch.Tensor, k_pos: torch.Tensor,
+        self,
+        layer: AttentionLayer,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
     ) -> torch.Tensor:
         """softmax(q·kᵀ·scale)·v in fp32 over visible keys; q [n, heads, hd], keys/values [m, kv_heads, hd]."""
         group = layer.num_heads // layer.kv_heads
@@ -398,8 +418,16 @@ class TorchOps:
         assert self.step is not None, "attention outside a step"
         nk, nv = self._normed.get(id(k)), self._normed.get(id(v))
         self._normed.clear()
-        if layer.kind == GLOBAL and nk is not None and nv is not None and nk.out is k and nv.out is v \
-                and nk.source is nv.source and nk.weight is not None and nv.weight is None:
+        if (
+            layer.kind == GLOBAL
+            and nk is not None
+            and nv is not None
+            and nk.out is k
+            and nv.out is v
+            and nk.source is nv.source
+            and nk.weight is not None
+            and nv.weight is None
+        ):
             return self._global_attention_kernel(layer, q, nk)
         nh, nkv, hd = layer.num_heads, layer.kv_heads, layer.head_dim
         out = torch.empty(q.shape[0], nh * hd, dtype=self.dtype, device=self.device)
@@ -414,8 +442,9 @@ class TorchOps:
             k_past, v_past = self.cache.read(layer.index, seg.seq_id, past)
             k_now, v_now = self.cache.round_trip(layer.index, kh, vh)
             self.cache.write(layer.index, seg.seq_id, pos, kh, vh)
-            o = self._attend(layer, qh, torch.cat([k_past, k_now]), torch.cat([v_past, v_now]), pos,
-                             torch.cat([past, pos]))
+            o = self._attend(
+                layer, qh, torch.cat([k_past, k_now]), torch.cat([v_past, v_now]), pos, torch.cat([past, pos])
+            )
             out[rows] = o.reshape(seg.n, nh * hd).to(self.dtype)
         return out
 
@@ -427,10 +456,19 @@ class TorchOps:
         offsets = torch.stack([self.cache.sequences[s.seq_id].offsets[GLOBAL] for s in segs])
         sc = self.cache.layer_scales(layer.index)
         out = self._global_attention(
-            q.reshape(n, layer.num_heads, layer.head_dim), k.source.reshape(n, layer.head_dim),
-            self._tensor(k.weight).float(), pool, layer.index, offsets, [s.n for s in segs],
-            [s.start + s.n for s in segs], self._inv(layer).float(),
-            k_scale=sc.k, v_scale=sc.v, eps=k.eps, scale=layer.scale,
+            q.reshape(n, layer.num_heads, layer.head_dim),
+            k.source.reshape(n, layer.head_dim),
+            self._tensor(k.weight).float(),
+            pool,
+            layer.index,
+            offsets,
+            [s.n for s in segs],
+            [s.start + s.n for s in segs],
+            self._inv(layer).float(),
+            k_scale=sc.k,
+            v_scale=sc.v,
+            eps=k.eps,
+            scale=layer.scale,
         )
         for s in segs:
             self.cache.mark_written(layer.index, s.seq_id, torch.arange(s.start, s.start + s.n))
@@ -534,8 +572,9 @@ class TorchBackend:
         self.cache.truncate(seq_id, length)
 
     @contextlib.contextmanager
-    def step(self, batch: Sequence[tuple[int, Sequence[int] | torch.Tensor]], all_logits: bool = False
-             ) -> Iterator[tuple[TorchOps, torch.Tensor]]:
+    def step(
+        self, batch: Sequence[tuple[int, Sequence[int] | torch.Tensor]], all_logits: bool = False
+    ) -> Iterator[tuple[TorchOps, torch.Tensor]]:
         """Open one engine step over (seq_id, new tokens) pairs: yields the ops and the packed ids; on exit the
         sequences' lengths advance. The caller runs graph functions with the ops in between."""
         segments, ids, offset = [], [], 0
@@ -555,8 +594,9 @@ class TorchBackend:
             self.ops.step = None
             self.ops.stage = 0
 
-    def forward(self, batch: Sequence[tuple[int, Sequence[int] | torch.Tensor]], all_logits: bool = False
-                ) -> StepOutput:
+    def forward(
+        self, batch: Sequence[tuple[int, Sequence[int] | torch.Tensor]], all_logits: bool = False
+    ) -> StepOutput:
         """Run new tokens of several sequences (prefill chunks, decode tokens or both) through all stages."""
         with self.step(batch, all_logits) as (ops, ids):
             h = ids
@@ -564,18 +604,20 @@ class TorchBackend:
                 ops.stage = s
                 h = gemma4.forward(ops, self.spec, h, layers, first_stage=s == 0, last_stage=False)
             ops.stage = len(self.stages) - 1
-            logits, hidden = gemma4.forward_with_hidden(ops, self.spec, h, self.stages[-1],
-                                                        first_stage=len(self.stages) == 1)
+            logits, hidden = gemma4.forward_with_hidden(
+                ops, self.spec, h, self.stages[-1], first_stage=len(self.stages) == 1
+            )
             sizes = [seg.n if all_logits else 1 for seg in ops.step.segments]  # type: ignore[union-attr]
         return StepOutput(list(logits.split(sizes)), list(hidden.split(sizes)))
 
-    def prefill(self, seq_id: int, ids: Sequence[int] | torch.Tensor, chunk: int | None = None,
-                all_logits: bool = False) -> torch.Tensor:
+    def prefill(
+        self, seq_id: int, ids: Sequence[int] | torch.Tensor, chunk: int | None = None, all_logits: bool = False
+    ) -> torch.Tensor:
         """Prefill one sequence, in chunks of `chunk` tokens if given. Returns the logits of the last token, or
         of every token with all_logits."""
         t = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         size = chunk or t.numel()
-        outs = [self.forward([(seq_id, t[i:i + size])], all_logits).logits[0] for i in range(0, t.numel(), size)]
+        outs = [self.forward([(seq_id, t[i : i + size])], all_logits).logits[0] for i in range(0, t.numel(), size)]
         return torch.cat(outs) if all_logits else outs[-1]
 
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:

@@ -121,9 +121,9 @@ class ModelOptExport:
         w = torch.zeros(rows, k, dtype=ws[0].dtype)
         s = torch.ones(-(-rows // BLOCK), -(-k // BLOCK), dtype=torch.float32)
         for (off, n), wp, m in zip(fused_segments(sizes), ws, mods):
-            w[off:off + n] = wp
+            w[off : off + n] = wp
             sp = self.ckpt.weight_scale_grid(m)
-            s[off // BLOCK: off // BLOCK + sp.shape[0]] = sp
+            s[off // BLOCK : off // BLOCK + sp.shape[0]] = sp
         return w, s
 
     def get(self, name: str, tp_rank: int = 0, stage: int | None = None) -> torch.Tensor:
@@ -131,7 +131,7 @@ class ModelOptExport:
             return self.ckpt.tensor(self.ckpt.text_key(GLOBAL_TENSORS[name]))
         m = _LAYER_RE.match(name)
         if m:
-            layer, rest = int(m.group(1)), name[m.end():]
+            layer, rest = int(m.group(1)), name[m.end() :]
             if rest in LAYER_TENSORS:
                 return self.ckpt.tensor(self.ckpt.layer_key(layer, LAYER_TENSORS[rest]))
             base, _, suffix = rest.rpartition(".")

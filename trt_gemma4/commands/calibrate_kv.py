@@ -63,19 +63,31 @@ def run(args: argparse.Namespace) -> int:
     version = weights.modelopt_version()
     has_ckpt = any(r.checkpoint_k_scale is not None for r in reports)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.ckpt), "modelopt_version": version,
-                          "prompt_lengths": [len(p) for p in prompts],
-                          "layers": [r.to_dict() for r in reports]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(args.ckpt),
+                    "modelopt_version": version,
+                    "prompt_lengths": [len(p) for p in prompts],
+                    "layers": [r.to_dict() for r in reports],
+                },
+                indent=2,
+            )
+        )
         return 0
-    print(f"calibrate-kv {args.ckpt}: {len(prompts)} prompts of {[len(p) for p in prompts]} tokens; "
-          f"checkpoint scales {'written by ModelOpt ' + str(version) if has_ckpt else 'not stored (identity)'}")
+    print(
+        f"calibrate-kv {args.ckpt}: {len(prompts)} prompts of {[len(p) for p in prompts]} tokens; "
+        f"checkpoint scales {'written by ModelOpt ' + str(version) if has_ckpt else 'not stored (identity)'}"
+    )
     print("layer kind     K amax  K bound  V amax  V bound  k_scale   v_scale   err bf16  err fp8 id  err fp8 ckpt")
     for r in reports:
         ks = f"{r.checkpoint_k_scale:.3e}" if r.checkpoint_k_scale is not None else "-"
         vs = f"{r.checkpoint_v_scale:.3e}" if r.checkpoint_v_scale is not None else "-"
         ec = f"{r.error_fp8_checkpoint:.2e}" if r.error_fp8_checkpoint is not None else "-"
-        print(f"{r.layer:5d} {r.kind:8s} {r.k_amax:6.2f}  {r.k_bound:7.2f}  {r.v_amax:6.2f}  {r.v_bound:7.2f}  "
-              f"{ks:9s} {vs:9s} {r.error_bf16:.2e}  {r.error_fp8_identity:.2e}    {ec}")
+        print(
+            f"{r.layer:5d} {r.kind:8s} {r.k_amax:6.2f}  {r.k_bound:7.2f}  {r.v_amax:6.2f}  {r.v_bound:7.2f}  "
+            f"{ks:9s} {vs:9s} {r.error_bf16:.2e}  {r.error_fp8_identity:.2e}    {ec}"
+        )
     worst_id = max(r.error_fp8_identity for r in reports)
     line = f"worst FP8 attention-output error: identity scales {worst_id:.2e}"
     if has_ckpt:

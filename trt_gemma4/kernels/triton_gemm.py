@@ -181,6 +181,7 @@ if triton is not None:
         SWAP_AB: tl.constexpr,
         BIT_CONVERT: tl.constexpr,
         SPLIT_K: tl.constexpr,
+        RESCALE: tl.constexpr = False,
     ):
         """Y tile [BLOCK_M tokens, BLOCK_N weight rows] over one split of the k-blocks (grid: tiles x SPLIT_K).
 
@@ -219,23 +220,44 @@ if triton is not None:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        # RESCALE: the accumulator is kept in units of the current k-block's scale, u (per weight row):
+        # acc <- dot(w, x, acc * u_prev / u), and Y = acc * u at the end. The dot then chains through its own
+        # accumulator, which lets the compiler keep the wgmma in flight while the next weight tile is converted.
+        u = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)
         for kb in range(kb_begin, kb_end):
             k_mask = offs_k < K - kb * BK  # only the last k-block can be partial (K is a multiple of 16)
             x = tl.load(x_ptrs, mask=mask_m[:, None] & k_mask[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=mask_n[:, None] & k_mask[None, :], other=0)
+            s = tl.load(s_ptrs, mask=mask_n, other=0.0)
+            if RESCALE:
+                # A zero-scale block contributes nothing: zero its bytes and keep the row's unit.
+                w = tl.where(s[:, None] == 0.0, 0, w)
             if BIT_CONVERT:
                 wb = _fp8e4m3_to_bf16_bits(w)
             else:
                 wb = w.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-            s = tl.load(s_ptrs, mask=mask_n, other=0.0)
-            # A fresh FP32 partial per k-block, scaled in FP32 and promoted into the accumulator.
-            if SWAP_AB:
-                acc += tl.dot(wb, tl.trans(x)) * s[:, None]
+            if RESCALE:
+                u_new = tl.where(s == 0.0, u, s)
+                r = u / u_new
+                u = u_new
+                if SWAP_AB:
+                    acc = tl.dot(wb, tl.trans(x), acc * r[:, None])
+                else:
+                    acc = tl.dot(x, tl.trans(wb), acc * r[None, :])
             else:
-                acc += tl.dot(x, tl.trans(wb)) * s[None, :]
+                # A fresh FP32 partial per k-block, scaled in FP32 and promoted into the accumulator.
+                if SWAP_AB:
+                    acc += tl.dot(wb, tl.trans(x)) * s[:, None]
+                else:
+                    acc += tl.dot(x, tl.trans(wb)) * s[None, :]
             x_ptrs += BK
             w_ptrs += BK
             s_ptrs += 1
+        if RESCALE:
+            if SWAP_AB:
+                acc = acc * u[:, None]
+            else:
+                acc = acc * u[None, :]
 
         if SWAP_AB:
             out = tl.trans(acc)
