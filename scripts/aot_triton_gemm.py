@@ -252,18 +252,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", type=Path, default=ROOT / "build" / "triton_aot")
     p.add_argument("--configs", nargs="*", default=None, help="TritonGemmConfig names (default: the dispatch's)")
+    p.add_argument("--all", action="store_true", help="every configuration in triton_gemm.CONFIGS (not maxnreg)")
     p.add_argument("--check", action="store_true", help="build a shared library and test it against the JIT path")
     args = p.parse_args()
     if triton_gemm.triton is None:
         raise SystemExit("triton is not installed")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     by_name = {c.name: c for c in (*triton_gemm.CONFIGS, *dispatch_configs())}
-    configs = [by_name[n] for n in args.configs] if args.configs else dispatch_configs()
+    if args.all:
+        configs = [c for c in triton_gemm.CONFIGS if not c.maxnreg]
+    else:
+        configs = [by_name[n] for n in args.configs] if args.configs else dispatch_configs()
 
     entries = []
     for c in configs:
         name = f"block_fp8_gemm_{c.name}"
+        if c.maxnreg:
+            raise SystemExit(f"{c.name}: triton.tools.compile cannot set maxnreg; this configuration is JIT-only")
         consts = f"{c.block_m}, {c.block_n}, {c.group_m}, {int(c.swap_ab)}, {int(c.bit_convert)}, {c.split_k}"
+        consts += f", {int(c.rescale)}"
         grid = f"((M + {c.block_m - 1}) / {c.block_m}) * ((N + {c.block_n - 1}) / {c.block_n}), {c.split_k}, 1"
         info = run_compile(
             name, "block_fp8_gemm_kernel", f"{GEMM_SIGNATURE}, {consts}", grid, c.num_warps, c.num_stages, args

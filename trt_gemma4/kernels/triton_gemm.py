@@ -14,6 +14,10 @@ Same problem and numerics as the CUDA kernels (``plugins/kernels/block_fp8_gemm.
   (``cvt`` through FP16, which runs on Hopper's slow conversion pipe).
 * ``SWAP_AB`` computes Yᵀ = W · Xᵀ so that the 64/128-row side of the wgmma is the weight tile; the converted
   weights can then feed the wgmma straight from registers and the token tile may be as small as 64.
+* ``RESCALE`` keeps a single accumulator in units of the current k-block's scale instead (acc <- dot(w, x,
+  acc · s_prev/s), times the last scale at the end): one FP32 multiply per accumulator per k-block as before, but
+  half the accumulator registers, which allows a 256-token tile. Exact up to FP32 rounding while neighbouring block
+  scales of a weight row are within ~1e30 of each other (s = amax/448 in any real checkpoint).
 * ``SPLIT_K`` > 1 splits the k-blocks over a second grid dimension (FP32 partials in a workspace, then
   :func:`splitk_reduce_kernel`), for problems whose tile grid alone leaves most of the 132 SMs idle.
 
@@ -56,12 +60,15 @@ class TritonGemmConfig(NamedTuple):
     split_k: int = 1
     bit_convert: bool = True
     group_m: int = 8
+    rescale: bool = False  # one accumulator in units of the current block scale (see the kernel)
+    maxnreg: int | None = None  # register cap (not supported by triton.tools.compile, so JIT only)
 
     @property
     def name(self) -> str:
         return (
             f"m{self.block_m}n{self.block_n}{'s' if self.swap_ab else 'n'}w{self.num_warps}st{self.num_stages}"
-            f"k{self.split_k}{'b' if self.bit_convert else 'c'}"
+            f"k{self.split_k}{'b' if self.bit_convert else 'c'}{'r' if self.rescale else ''}"
+            f"{f'R{self.maxnreg}' if self.maxnreg else ''}"
         )
 
     def grid(self, m: int, n: int) -> tuple[int, int]:
@@ -71,8 +78,18 @@ class TritonGemmConfig(NamedTuple):
         return 4 * self.split_k * m * n if self.split_k > 1 else 0
 
 
-def _cfg(bm: int, bn: int, swap: bool, warps: int, stages: int, split: int = 1, bit: bool = True) -> TritonGemmConfig:
-    return TritonGemmConfig(bm, bn, swap, warps, stages, split, bit)
+def _cfg(
+    bm: int,
+    bn: int,
+    swap: bool,
+    warps: int,
+    stages: int,
+    split: int = 1,
+    bit: bool = True,
+    rescale: bool = False,
+    maxnreg: int | None = None,
+) -> TritonGemmConfig:
+    return TritonGemmConfig(bm, bn, swap, warps, stages, split, bit, 8, rescale, maxnreg)
 
 
 # The candidate set: swept by scripts/bench_gemm.py (--triton-sweep), every one checked by tests/test_gemm_gpu.py,
@@ -98,6 +115,13 @@ CONFIGS: tuple[TritonGemmConfig, ...] = (
     _cfg(128, 128, True, 8, 3, split=4),
     _cfg(64, 256, True, 8, 3, split=2),
     _cfg(64, 256, True, 8, 3, split=4),
+    # Rescaled single accumulator: half the accumulator registers, so the token tile can grow to 256 (twice the
+    # wgmma work per converted weight tile), or two 8-warp CTAs can share an SM under a 128-register cap.
+    _cfg(128, 128, True, 8, 3, rescale=True),
+    _cfg(128, 128, True, 8, 3, split=2, rescale=True),
+    _cfg(256, 128, True, 8, 3, rescale=True),
+    _cfg(256, 128, True, 8, 2, rescale=True),
+    _cfg(128, 128, True, 8, 2, rescale=True, maxnreg=128),
 )
 
 
@@ -136,7 +160,7 @@ def default_config(m: int, n: int, k: int) -> TritonGemmConfig:
     elif m <= 512:
         cfg = _cfg(128, 128, True, 8, 3)
     else:
-        return _cfg(128, 128, False, 8, 3)
+        return _cfg(256, 128, True, 8, 3, rescale=True)
     tiles = cfg.grid(m, n)[0]
     k_blocks = -(-k // BLOCK_K)
     split = 1
@@ -331,8 +355,10 @@ def block_fp8_gemm_triton(
         SWAP_AB=cfg.swap_ab,
         BIT_CONVERT=cfg.bit_convert,
         SPLIT_K=cfg.split_k,
+        RESCALE=cfg.rescale,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     if cfg.split_k > 1:
         grid = (-(-(m * n) // SPLITK_REDUCE_BLOCK),)

@@ -112,13 +112,13 @@ SHAPES = {"main": MAIN, "tp": TP}
 
 
 def _require_tiny_extra() -> None:
-    try:
-        import modelopt  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise MissingToolError(
-            f"making the tiny checkpoint needs the 'tiny' extra ({e.name} is missing): pip install 'trt-gemma4[tiny]'"
-        ) from None
+    import importlib.util
+
+    for name in ("modelopt", "transformers"):  # found, not imported: ModelOpt warns at import time
+        if importlib.util.find_spec(name) is None:
+            raise MissingToolError(
+                f"making the tiny checkpoint needs the 'tiny' extra ({name} is missing): pip install 'trt-gemma4[tiny]'"
+            )
     import transformers
 
     major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
@@ -187,27 +187,40 @@ def build_hf_model(shape: str = "main", text_only: bool = False, seed: int = 0) 
 
 
 def _quantize_and_export(model: Any, out: Path, vocab: int, seed: int) -> None:
-    import modelopt.torch.quantization as mtq
     import torch
-    from modelopt.torch.export import export_hf_checkpoint
 
-    qcfg = mtq.update_quant_cfg_with_kv_cache_quant(
-        copy.deepcopy(mtq.FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG), mtq.FP8_KV_CFG["quant_cfg"]
-    )
-    g = torch.Generator().manual_seed(seed + 2)
-    calib = [torch.randint(5, min(vocab, 500), (2, 40), generator=g) for _ in range(4)]  # 40 > window
-
-    def forward_loop(m: Any) -> None:
-        with torch.no_grad():
-            for ids in calib:
-                m(input_ids=ids)
-
-    # ModelOpt prints its resolved config and progress: keep that out of the user's terminal.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # ModelOpt prints its resolved config, warns about versions and shows progress bars: keep all of that out of
+    # the user's terminal (an error still raises with its own message).
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
-        model = mtq.quantize(model, qcfg, forward_loop)
-        with torch.no_grad():
-            export_hf_checkpoint(model, export_dir=str(out))
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.export import export_hf_checkpoint
+
+        qcfg = mtq.update_quant_cfg_with_kv_cache_quant(
+            copy.deepcopy(mtq.FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG), mtq.FP8_KV_CFG["quant_cfg"]
+        )
+        g = torch.Generator().manual_seed(seed + 2)
+        calib = [torch.randint(5, min(vocab, 500), (2, 40), generator=g) for _ in range(4)]  # 40 > window
+
+        def forward_loop(m: Any) -> None:
+            with torch.no_grad():
+                for ids in calib:
+                    m(input_ids=ids)
+
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its handler holds the real stderr: the redirect above misses it
+        try:
+            model = mtq.quantize(model, qcfg, forward_loop)
+            with torch.no_grad():
+                export_hf_checkpoint(model, export_dir=str(out))
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
 
 def _to_legacy_config_form(config_path: Path) -> None:
@@ -372,7 +385,8 @@ def make_tiny_drafter(out: str | Path, *, shape: str = "main", seed: int = 0) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(str(tmp))
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' shard-writing progress bar
+            model.save_pretrained(str(tmp))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
