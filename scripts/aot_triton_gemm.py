@@ -201,7 +201,10 @@ def check_library(entries: list[dict], reduces: dict[int, dict], out_dir: Path) 
 
     from trt_gemma4.kernels.reference import dequantize_block_fp8
 
-    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    nvcc = shutil.which("nvcc")
+    cuda_home = os.environ.get("CUDA_HOME") or (str(Path(nvcc).resolve().parents[1]) if nvcc else None)
+    if cuda_home is None:
+        raise RuntimeError("--check needs cuda.h: set CUDA_HOME or put nvcc on PATH")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler for --check")

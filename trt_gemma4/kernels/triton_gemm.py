@@ -103,8 +103,9 @@ CONFIGS: tuple[TritonGemmConfig, ...] = (
     _cfg(128, 128, True, 8, 3),
     _cfg(64, 128, True, 4, 4),
     _cfg(64, 256, True, 8, 3),
-    # Two stages: ~half the shared memory, so two 4-warp CTAs share an SM and one's FP8 conversion overlaps the
-    # other's wgmma (within one CTA the dot is waited on before the scale is applied).
+    # Two stages: ~half the shared memory, meant to let two 4-warp CTAs share an SM so that one's FP8 conversion
+    # overlaps the other's wgmma (within one CTA the dot is waited on before the scale is applied). Measured
+    # 5-20% slower than the four-stage versions; kept in the sweep, not in the dispatch.
     _cfg(64, 128, False, 4, 2),
     _cfg(64, 128, True, 4, 2),
     _cfg(128, 128, False, 8, 3, bit=False),
@@ -116,7 +117,8 @@ CONFIGS: tuple[TritonGemmConfig, ...] = (
     _cfg(64, 256, True, 8, 3, split=2),
     _cfg(64, 256, True, 8, 3, split=4),
     # Rescaled single accumulator: half the accumulator registers, so the token tile can grow to 256 (twice the
-    # wgmma work per converted weight tile), or two 8-warp CTAs can share an SM under a 128-register cap.
+    # wgmma work per converted weight tile; measured the fastest from M = 512 on), or two 8-warp CTAs can share an
+    # SM under a 128-register cap (measured 1.3-2x slower: the cap spills).
     _cfg(128, 128, True, 8, 3, rescale=True),
     _cfg(128, 128, True, 8, 3, split=2, rescale=True),
     _cfg(256, 128, True, 8, 3, rescale=True),
@@ -149,29 +151,79 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def default_config(m: int, n: int, k: int) -> TritonGemmConfig:
-    """The configuration the dispatch runs for (M, N, K).
+# Measured on an H200 (bench/results/gemm_triton_h200_2026-11-27.json, --triton-sweep): the fastest configuration
+# per (N, K) of the 12B projections and M bucket; (m_max, config) rows, the first row with M <= m_max applies.
+_A64 = _cfg(64, 128, True, 4, 4)
+_S128 = _cfg(128, 128, True, 8, 3)
+_R256 = _cfg(256, 128, True, 8, 3, rescale=True)
+_BIG = 1 << 31
+MEASURED: dict[tuple[int, int], tuple[tuple[int, TritonGemmConfig], ...]] = {
+    (8192, 3840): ((64, _A64._replace(split_k=4)), (128, _S128._replace(split_k=2)), (256, _S128), (_BIG, _R256)),
+    (8704, 3840): (
+        (64, _A64._replace(split_k=4)),
+        (128, _S128._replace(split_k=4)),
+        (256, _R256),
+        (512, _S128._replace(split_k=2)),
+        (_BIG, _R256),
+    ),
+    (3840, 4096): (
+        (64, _A64._replace(split_k=4)),
+        (128, _S128._replace(split_k=4)),
+        (256, _S128._replace(split_k=2)),
+        (512, _S128),
+        (_BIG, _R256),
+    ),
+    (3840, 8192): (
+        (64, _A64._replace(split_k=4)),
+        (128, _S128._replace(split_k=4)),
+        (256, _S128._replace(split_k=2)),
+        (512, _S128),
+        (_BIG, _R256),
+    ),
+    (30720, 3840): ((64, _A64), (128, _S128), (_BIG, _R256)),
+    (3840, 15360): (
+        (64, _A64._replace(split_k=4)),
+        (128, _S128._replace(split_k=4)),
+        (256, _S128._replace(split_k=2)),
+        (512, _S128),
+        (_BIG, _R256),
+    ),
+}
+# Shapes where the Triton path beat the CUDA kernels already at M = 64 (same run); elsewhere they keep M < 128.
+TRITON_FROM_64 = {(8704, 3840), (30720, 3840)}
 
-    Without a measured entry: swap-AB with the token tile matched to M while M is small, the 128x128 tile above,
-    and split-K where the tile grid would leave more than half of the 132 SMs idle.
+
+def default_config(m: int, n: int, k: int) -> TritonGemmConfig:
+    """The configuration the dispatch runs for (M, N, K): the measured table, else a rule fitted to it.
+
+    The rule: swap-AB with a 64-token tile up to M = 64, a 128-token tile up to M = 512, the rescaled 256-token tile
+    above; below M = 512, split-K while the tile grid covers fewer than 132 SMs (to at most ~300 CTAs and at least
+    4 k-blocks per split).
     """
-    if m <= 64:
-        cfg = _cfg(64, 128, True, 4, 4)
-    elif m <= 512:
-        cfg = _cfg(128, 128, True, 8, 3)
-    else:
-        return _cfg(256, 128, True, 8, 3, rescale=True)
+    for m_max, cfg in MEASURED.get((n, k), ()):
+        if m <= m_max:
+            return cfg
+    if m > 512:
+        return _R256
+    cfg = _A64 if m <= 64 else _S128
     tiles = cfg.grid(m, n)[0]
     k_blocks = -(-k // BLOCK_K)
     split = 1
-    while split < 4 and tiles * split < 66 and k_blocks // (2 * split) >= 4:
+    while tiles < 132 and split < 4 and tiles * split * 2 <= 300 and k_blocks // (split * 2) >= 4:
         split *= 2
-    return TritonGemmConfig(cfg.block_m, cfg.block_n, cfg.swap_ab, cfg.num_warps, cfg.num_stages, split)
+    return cfg._replace(split_k=split)
 
 
 def prefers_triton(m: int, n: int, k: int) -> bool:
-    """True where the Triton path is the one to dispatch for (M, N, K) (the CUDA kernels keep small M)."""
-    return m >= 64
+    """True where the Triton path is the one to dispatch for (M, N, K) (the CUDA kernels keep small M).
+
+    Only shapes in the measured table: there, from M = 128 the Triton kernel beat the CUDA op on every 12B
+    projection except qkv_global at M = 512 and 2048 (by 6% and 5%); at M = 64 only on the two widest ones. Other
+    shapes (the drafter's) keep the CUDA dispatch until they are measured.
+    """
+    if (n, k) not in MEASURED:
+        return False
+    return m >= 128 or (m >= 64 and (n, k) in TRITON_FROM_64)
 
 
 if triton is not None:
