@@ -35,8 +35,10 @@ for ARCH in "${ARCHES[@]}"; do
   LIB="$OUT/libtrt_gemma4_plugins.so"
   echo "== $ARCH: built $LIB in $(( $(date +%s) - START )) s"
   # The entry points TensorRT's loader and our Python code look up.
+  # (nm's output is taken whole first: `nm | grep -q` under pipefail fails when grep exits early and nm gets SIGPIPE)
+  SYMS=$(nm -D --defined-only "$LIB")
   for SYM in getCreators setLoggerFinder initTrtGemma4Plugins; do
-    nm -D --defined-only "$LIB" | grep -qw "$SYM" || { echo "plugin_compile_check: $LIB does not export $SYM" >&2; exit 1; }
+    grep -qw "$SYM" <<<"$SYMS" || { echo "plugin_compile_check: $LIB does not export $SYM" >&2; exit 1; }
   done
   # What the library needs at load time: libnvinfer only where CMake found it, libcudart only where the toolkit
   # had no static runtime (see plugins/CMakeLists.txt).
