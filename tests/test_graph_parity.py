@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # noqa: F401  (the dev extra has it: a broken install must fail, not skip)
 
 from trt_gemma4.backends.torch_backend import CacheConfig, TorchBackend
 from trt_gemma4.backends.weights import ConvertedCheckpoint, ModelOptExport, WeightSource, open_weights
@@ -19,8 +20,6 @@ from trt_gemma4.convert import convert
 from trt_gemma4.graph import gemma4
 from trt_gemma4.parity import build_hf_model, compare_layers, compare_model
 from trt_gemma4.spec import GEMMA4_12B
-
-pytest.importorskip("transformers")
 
 
 def _prompts(vocab: int, lengths: tuple[int, ...], seed: int = 0) -> list[list[int]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import transformers  # noqa: E402  (the dev extra has it: a broken install must fail, not skip)
 
 from trt_gemma4.errors import CheckpointError
 from trt_gemma4.spec import (
@@ -24,8 +25,6 @@ from trt_gemma4.spec import (
     spec_from_config,
 )
 from trt_gemma4.testing.tiny import MAIN, TP, TinyShape
-
-transformers = pytest.importorskip("transformers")
 
 # research/gemma4_arch.md §1.3 / §3: the 12B's vision and audio embedders.
 VISION_12B = dict(patch_size=16, pooling_kernel_size=3, mm_embed_dim=3840, mm_posemb_size=1120, output_proj_dims=3840)

@@ -19,7 +19,7 @@ import pytest
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-pytest.importorskip("tritonclient.grpc")
+import tritonclient.grpc  # noqa: F401, E402  (the dev extra has it: a broken install must fail, not skip)
 
 from trt_gemma4.client import GenerateRequest, GrpcClient, HttpClient, ServerError  # noqa: E402
 from trt_gemma4.triton import package as pkg  # noqa: E402

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # noqa: F401  (the dev extra has it: a broken install must fail, not skip)
 
 from trt_gemma4.cli import main
 from trt_gemma4.convert import convert
-
-pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -107,7 +106,8 @@ def test_calibrate_kv_reports_amax_bounds_scales_and_errors(
 
 
 def test_calibrate_kv_on_text_prompts(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tokenizers")
+    import tokenizers  # noqa: F401
+
     f = tmp_path / "prompts.txt"
     f.write_text("The quick brown fox jumps over the lazy dog.\n\nHello, how are you today?\n")
     rc, out = _json(capsys, ["calibrate-kv", str(tiny_ckpt), "--prompts", str(f), "--json"])

@@ -30,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = _load(name)
-        except ModuleNotFoundError as e:  # a command whose module is not present in this build
-            if e.name and e.name.startswith("trt_gemma4.commands"):
-                continue
-            raise
+        mod = _load(name)
         p = sub.add_parser(
             name,
             help=mod.HELP.splitlines()[0],
@@ -57,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except Gemma4Error as e:
+        if args.debug:
+            raise
+        print(f"trt-gemma4 {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an output path that cannot be created, a permission, a full disk: one line too
         if args.debug:
             raise
         print(f"trt-gemma4 {args.command}: error: {e}", file=sys.stderr)

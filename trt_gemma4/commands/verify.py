@@ -72,7 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def prompt_lengths(arg: str | None, window: int) -> list[int]:
     """The --prompt-lengths list, or the default [2·window + 8, 1, window + 3]."""
     if arg:
-        return [int(x) for x in arg.split(",") if x.strip()]
+        from trt_gemma4.errors import Gemma4Error
+
+        try:
+            return [int(x) for x in arg.split(",") if x.strip()]
+        except ValueError:
+            raise Gemma4Error(f"--prompt-lengths: expected comma-separated integers, found {arg!r}") from None
     return [2 * window + 8, 1, window + 3]
 
 
@@ -156,6 +161,21 @@ def run(args: argparse.Namespace) -> int:
     lengths = prompt_lengths(args.prompt_lengths, spec.sliding_window)
     if not lengths or min(lengths) < 1:
         raise Gemma4Error(f"--prompt-lengths: expected positive lengths, found {args.prompt_lengths!r}")
+    longest = max(lengths) + max(args.greedy_tokens, 1) + args.draft_len
+    if longest > spec.max_position_embeddings:
+        raise Gemma4Error(
+            f"--prompt-lengths: the longest prompt plus the generated tokens needs {longest} positions, "
+            f"but the model has max_position_embeddings {spec.max_position_embeddings}"
+        )
+    tpb = args.tokens_per_block
+    if tpb <= 0 or tpb & (tpb - 1):
+        raise Gemma4Error(f"--tokens-per-block: expected a positive power of two, found {tpb}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise Gemma4Error(f"--device: expected cpu or cuda[:N], found {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Gemma4Error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
     prompts = random_prompts(lengths, spec.vocab_size, args.seed)
     mode = args.mode
     if mode == "auto":
