@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,37 @@ def tiny_tp_ckpt(tiny_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_drafter_ckpt(tiny_root: Path) -> Path:
     return _variant(tiny_root, "tiny-drafter")
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_root: Path, tiny_ckpt: Path) -> Path:
+    """The multimodal tiny export converted to our TRT-LLM checkpoint (TP=1), once per run."""
+    from trt_gemma4.convert import convert
+
+    out = tiny_root / "tiny-converted"
+    if not (out / "config.json").exists():
+        convert(tiny_ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_tiny(tiny_root: Path, tiny_text_ckpt: Path) -> Path:
+    """The tiny text-only export converted to our TRT-LLM checkpoint (TP=1), once per run."""
+    from trt_gemma4.convert import convert
+
+    out = tiny_root / "tiny-text-converted"
+    if not (out / "config.json").exists():
+        convert(tiny_text_ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Many tiny ops: one intra-op thread avoids thread hand-off costs (large on a busy 2-core CI machine).
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,19 +28,11 @@ def _prompts(vocab: int, lengths: tuple[int, ...], seed: int = 0) -> list[list[i
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("parity") / "tp1"
-    convert(tiny_ckpt, out)
-    return out
+def converted(tiny_converted: Path) -> Path:
+    return tiny_converted
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny ops: one intra-op thread avoids thread hand-off costs (large on a busy 2-core CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

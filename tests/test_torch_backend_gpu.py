@@ -12,7 +12,6 @@ import torch
 
 from trt_gemma4 import kernels
 from trt_gemma4.backends.torch_backend import CacheConfig, TorchBackend
-from trt_gemma4.convert import convert
 
 pytestmark = pytest.mark.gpu
 
@@ -21,10 +20,8 @@ if kernels.unavailable_reason() is not None:
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("gpu") / "tp1"
-    convert(tiny_ckpt, out)
-    return out
+def converted(tiny_converted: Path) -> Path:
+    return tiny_converted
 
 
 def _backend(path: Path, device: str, dtype: torch.dtype, use_kernels: bool = True) -> TorchBackend:

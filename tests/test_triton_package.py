@@ -25,17 +25,6 @@ from trt_gemma4.triton.text import (  # noqa: E402
 from trt_gemma4.triton.validate import RepositoryError, parse_config, validate_repository  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def converted_tiny(tiny_root: Path, tiny_text_ckpt: Path) -> Path:
-    """The tiny text-only export converted to our TRT-LLM checkpoint (shared with test_triton_server.py)."""
-    from trt_gemma4.convert import convert
-
-    out = tiny_root / "tiny-text-converted"
-    if not (out / "config.json").exists():
-        convert(tiny_text_ckpt, out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference_repo(converted_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     plan = pkg.serving_plan(converted_tiny, "reference", max_seq_len=256, max_input_len=128, max_batch_size=4)

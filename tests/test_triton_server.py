@@ -40,17 +40,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def converted_tiny(tiny_root: Path, tiny_text_ckpt: Path) -> Path:
-    """The tiny text-only export converted to our TRT-LLM checkpoint (shared with test_triton_package.py)."""
-    from trt_gemma4.convert import convert
-
-    out = tiny_root / "tiny-text-converted"
-    if not (out / "config.json").exists():
-        convert(tiny_text_ckpt, out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def served(converted_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
     """The reference repository of the tiny checkpoint, served by a real tritonserver on 127.0.0.1."""

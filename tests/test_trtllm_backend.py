@@ -67,10 +67,8 @@ def _backend() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def converted(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trt_gemma4.convert import convert
-
-    return convert(tiny_ckpt, tmp_path_factory.mktemp("trtllm") / "ckpt").out
+def converted(tiny_converted: Path) -> Path:
+    return tiny_converted
 
 
 @pytest.fixture(scope="session")

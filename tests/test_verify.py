@@ -7,20 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import transformers  # noqa: F401  (the dev extra has it: a broken install must fail, not skip)
 
 from trt_gemma4.cli import main
 from trt_gemma4.convert import convert
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many tiny ops: one intra-op thread avoids thread hand-off costs (large on a busy 2-core CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
