@@ -11,7 +11,11 @@ Every timing is the median over CUDA-graph replays (each replay runs several cal
 kernels run without RoPE here (inv_freq=None) so that SDPA computes the same function; the decode output is checked
 against SDPA.
 
-    python scripts/bench_attention.py --commit <sha> [--out DIR] [--results-dir bench/results]
+Decode is timed for each kernel variant in --variants (default v4,v3) on the same cache in the same run: the
+variant is chosen through the environment variable TRT_GEMMA4_ATTN_DECODE, which the launcher reads at every call
+(so at graph capture). Each decode row records its "variant"; prefill always runs the general kernel.
+
+    python scripts/bench_attention.py --commit <sha> [--out DIR] [--results-dir bench/results] [--variants v4,v3]
 
 Writes attention_bench.json to --out (default $OUT or .) and attention_<card>_<date>.json to --results-dir.
 """
@@ -23,13 +27,15 @@ import datetime
 import json
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from trt_gemma4.kernels import attention as attn
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trt_gemma4.kernels import attention as attn  # noqa: E402
 
 HQ, D, HS, TPB = 16, 512, 256, 64
 
@@ -124,7 +130,11 @@ def dense_copy(pool: torch.Tensor, mem: torch.Tensor, ctx: int) -> tuple[torch.T
     return k.unsqueeze(1).contiguous(), v.unsqueeze(1).contiguous()
 
 
-def bench_decode(ops: object, batch: int, ctx: int, bw: float, gen: torch.Generator) -> dict:
+DECODE_ENV = "TRT_GEMMA4_ATTN_DECODE"
+
+
+def bench_decode(ops: object, batch: int, ctx: int, bw: float, gen: torch.Generator, variants: list[str]) -> list[dict]:
+    """One row per decode kernel variant, all on the same cache and queries."""
     pool, offsets, mem = make_cache(batch, ctx, gen)
     q = torch.randn(batch, HQ, D, device="cuda").to(torch.bfloat16)
     out = torch.empty_like(q)
@@ -135,7 +145,6 @@ def bench_decode(ops: object, batch: int, ctx: int, bw: float, gen: torch.Genera
         ops.gemma4_paged_attention(out, q, pool, offsets, 0, 0, cu, kv, None, None, 1, 0, 1.0, 1.0, 1.0, 1, ctx,
                                    batch * ctx)  # fmt: skip
 
-    us = time_graph(run)
     k, v = dense_copy(pool, mem, ctx)
     qd = q.unsqueeze(2)  # [batch, 16, 1, 512]
 
@@ -143,21 +152,36 @@ def bench_decode(ops: object, batch: int, ctx: int, bw: float, gen: torch.Genera
         return F.scaled_dot_product_attention(qd, k, v, scale=1.0, enable_gqa=True)
 
     ref = sdpa_or_none(sdpa)
-    err = None if ref is None else float((out.float() - ref.squeeze(2).float()).norm() / ref.float().norm())
     sdpa_us = None if ref is None else time_graph(sdpa)
     bytes_moved = batch * ctx * 2 * D + 2 * q.numel() * 2 + offsets.numel() * 4
     floor_us = bytes_moved / bw * 1e6
-    return {
-        "batch": batch,
-        "context": ctx,
-        "kernel_us": round(us, 2),
-        "sdpa_bf16_us": None if sdpa_us is None else round(sdpa_us, 2),
-        "floor_us": round(floor_us, 2),
-        "fraction_of_floor": round(floor_us / us, 3),
-        "achieved_GBps": round(bytes_moved / (us * 1e-6) / 1e9, 1),
-        "speedup_vs_sdpa": None if sdpa_us is None else round(sdpa_us / us, 2),
-        "rel_err_vs_sdpa": None if err is None else float(f"{err:.2e}"),
-    }
+    rows = []
+    saved = os.environ.get(DECODE_ENV)
+    try:
+        for variant in variants:
+            os.environ[DECODE_ENV] = variant
+            out.fill_(float("nan"))
+            us = time_graph(run)  # captures (and so selects the kernel) under this variant
+            err = None if ref is None else float((out.float() - ref.squeeze(2).float()).norm() / ref.float().norm())
+            rows.append({
+                "variant": variant,
+                "batch": batch,
+                "context": ctx,
+                "kernel_us": round(us, 2),
+                "sdpa_bf16_us": None if sdpa_us is None else round(sdpa_us, 2),
+                "floor_us": round(floor_us, 2),
+                "fraction_of_floor": round(floor_us / us, 3),
+                "achieved_GBps": round(bytes_moved / (us * 1e-6) / 1e9, 1),
+                "speedup_vs_sdpa": None if sdpa_us is None else round(sdpa_us / us, 2),
+                "rel_err_vs_sdpa": None if err is None else float(f"{err:.2e}"),
+                "all_finite": bool(torch.isfinite(out).all()),
+            })  # fmt: skip
+    finally:
+        if saved is None:
+            os.environ.pop(DECODE_ENV, None)
+        else:
+            os.environ[DECODE_ENV] = saved
+    return rows
 
 
 def bench_prefill(ops: object, length: int, gen: torch.Generator) -> dict:
@@ -201,7 +225,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--contexts", default="1024,8192,32768,131072")
     ap.add_argument("--prefill", default="4096,16384")
+    ap.add_argument("--variants", default="v4,v3", help="decode kernels to time (TRT_GEMMA4_ATTN_DECODE values)")
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
 
     ops = attn._cuda_ops()
     gen = torch.Generator().manual_seed(0)
@@ -213,9 +239,9 @@ def main() -> None:
     decode = []
     for batch in (int(b) for b in args.batches.split(",")):
         for ctx in (int(c) for c in args.contexts.split(",")):
-            r = bench_decode(ops, batch, ctx, bw, gen)
-            decode.append(r)
-            print(json.dumps(r), flush=True)
+            for r in bench_decode(ops, batch, ctx, bw, gen, variants):
+                decode.append(r)
+                print(json.dumps(r), flush=True)
             torch.cuda.empty_cache()
     prefill = []
     for length in (int(n) for n in args.prefill.split(",") if n):
@@ -241,6 +267,7 @@ def main() -> None:
             "tokens_per_block": TPB,
             "kv_dtype": "fp8_e4m3",
         },  # fmt: skip
+        "decode_variants": variants,
         "decode": decode,
         "prefill": prefill,
     }
@@ -251,10 +278,19 @@ def main() -> None:
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.results_dir) / f"attention_{slug}_{date}.json").write_text(text)
 
-    print(f"\n{'batch':>5} {'ctx':>7} {'kernel us':>10} {'floor us':>9} {'of floor':>8} {'sdpa us':>9} {'x sdpa':>7}")
+    print(f"\n{'variant':>7} {'batch':>5} {'ctx':>7} {'kernel us':>10} {'floor us':>9} {'of floor':>8} "
+          f"{'sdpa us':>9} {'x sdpa':>7} {'rel err':>8}")  # fmt: skip
     for r in decode:
-        print(f"{r['batch']:>5} {r['context']:>7} {r['kernel_us']:>10.1f} {r['floor_us']:>9.1f} "
-              f"{r['fraction_of_floor']:>8.0%} {r['sdpa_bf16_us']!s:>9} {r['speedup_vs_sdpa']!s:>7}")  # fmt: skip
+        print(f"{r['variant']:>7} {r['batch']:>5} {r['context']:>7} {r['kernel_us']:>10.1f} {r['floor_us']:>9.1f} "
+              f"{r['fraction_of_floor']:>8.0%} {r['sdpa_bf16_us']!s:>9} {r['speedup_vs_sdpa']!s:>7} "
+              f"{r['rel_err_vs_sdpa']!s:>8}")  # fmt: skip
+    if len(variants) > 1:
+        base = {(r["batch"], r["context"]): r["kernel_us"] for r in decode if r["variant"] == variants[-1]}
+        print(f"\nkernel time relative to {variants[-1]}:")
+        for r in decode:
+            if r["variant"] != variants[-1]:
+                ratio = r["kernel_us"] / base[(r["batch"], r["context"])]
+                print(f"  {r['variant']} batch {r['batch']:>2} ctx {r['context']:>6}: {ratio:.3f}")
     for r in prefill:
         print(f"prefill {r['q_len']}: {r['kernel_us']:.0f} us ({r['kernel_TFLOPs']} TFLOP/s), "
               f"sdpa {r['sdpa_bf16_us']} us ({r['sdpa_TFLOPs']} TFLOP/s)")  # fmt: skip

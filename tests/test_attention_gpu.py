@@ -3,6 +3,8 @@
 Every kernel output buffer is filled with NaN before the call, so an element the kernel fails to write fails the
 test. Both the 12B shapes (16 q heads, 512-d head stored as two 256-d planes; drafter sliding pool 8 x 256 with a
 1024-slot ring) and the tiny test model's (4 q heads, 128-d head as two 64-d planes) run, with FP8 and BF16 pools.
+Tests that reach the one-query-tile 512-d path run under both decode kernels (``decode_impl``: v4, the default,
+and v3, selected through TRT_GEMMA4_ATTN_DECODE, which the launcher reads at every call).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ OUT_TOL = 1e-2  # f16/bf16 tensor-core operands and a bf16 output, against fp32
 @pytest.fixture(scope="module", autouse=True)
 def _extension() -> None:
     attn._cuda_ops()
+
+
+@pytest.fixture(params=["v4", "v3"])
+def decode_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The decode kernel for the test (plugins/kernels/gemma4_attention.cuh: AttentionProblem::decode_impl)."""
+    monkeypatch.setenv("TRT_GEMMA4_ATTN_DECODE", request.param)
+    return request.param
 
 
 def twin_pools(make: callable, fill: bool, gen: torch.Generator) -> tuple[KVPool, KVPool]:
@@ -78,7 +87,7 @@ def assert_same_cache(cpu: KVPool, gpu: KVPool) -> None:
 
 @pytest.mark.parametrize("dims", list(GLOBAL_DIMS))
 @pytest.mark.parametrize("dtype", list(POOL_DTYPES))
-def test_global_context_chunk_decode_and_verify(dims: str, dtype: str) -> None:
+def test_global_context_chunk_decode_and_verify(dims: str, dtype: str, decode_impl: str) -> None:
     """Prefill (lengths across block boundaries, not multiples of the block), a chunk after a cached prefix mixed
     with decodes, plain decode, then a 3-token verify step; outputs and written cache match the reference."""
     hq, d, hs, tpb = GLOBAL_DIMS[dims]
@@ -102,7 +111,7 @@ def test_global_context_chunk_decode_and_verify(dims: str, dtype: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", list(POOL_DTYPES))
-def test_global_long_decode_split_k(dtype: str) -> None:
+def test_global_long_decode_split_k(dtype: str, decode_impl: str) -> None:
     """Sequences of very different lengths (20K to 64 tokens) decoding together: exercises the KV split + combine."""
     hq, d, hs, tpb = GLOBAL_DIMS["12b"]
     gen = torch.Generator().manual_seed(11)
@@ -116,6 +125,30 @@ def test_global_long_decode_split_k(dtype: str) -> None:
     for q_lens in ([1] * 4, [2] * 4):
         kv = [k + n for k, n in zip(kv, q_lens)]
         err = run_global(cpu, gpu, offsets, q_lens, kv, hq, d, gen, 1.0, 1.0)
+        assert err < OUT_TOL, f"q_lens {q_lens}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("tpb", [16, 32, 128])
+@pytest.mark.parametrize("hq", [16, 8])
+@pytest.mark.parametrize("dtype", list(POOL_DTYPES))
+def test_global_decode_block_sizes_and_groups(tpb: int, hq: int, dtype: str, decode_impl: str) -> None:
+    """512-d decode, a 2-token verify step and a mixed 1/2-token step with 16 or 32 or 128 tokens per block (a
+    64-token KV tile spans four blocks, two, or half of one) and 16 or 8 q heads per KV head (with 8, a 2-token step
+    puts two tokens' rows in one 16-row query tile, each with its own causal limit, and a 1-token sequence leaves
+    half the tile empty); long sequences take the KV split + combine."""
+    d, hs = 512, 256
+    gen = torch.Generator().manual_seed(14)
+    kv = [1000, 64, 1, 2100, 130]
+
+    def make(dev: str) -> KVPool:
+        return make_pool(d // hs, hs, tpb, sum(-(-(k + 5) // tpb) for k in kv) + 2, POOL_DTYPES[dtype], device=dev)
+
+    cpu, gpu = twin_pools(make, True, gen)
+    offsets = shuffled_offsets(cpu, [k + 5 for k in kv], gen)
+    scales = (0.7, 1.3) if dtype == "fp8" else (1.0, 1.0)
+    for q_lens in ([1] * 5, [2] * 5, [2, 1, 2, 1, 1]):
+        kv = [k + n for k, n in zip(kv, q_lens)]
+        err = run_global(cpu, gpu, offsets, q_lens, kv, hq, d, gen, *scales)
         assert err < OUT_TOL, f"q_lens {q_lens}: relative error {err:.2e}"
 
 
@@ -156,7 +189,7 @@ def test_draft_attention_sliding_ring(dims: str, dtype: str) -> None:
 
 @pytest.mark.parametrize("dims", list(GLOBAL_DIMS))
 @pytest.mark.parametrize("dtype", list(POOL_DTYPES))
-def test_draft_attention_global_pool(dims: str, dtype: str) -> None:
+def test_draft_attention_global_pool(dims: str, dtype: str, decode_impl: str) -> None:
     """Drafter over the global pool (one head as two planes), long and short sequences, proportional RoPE inside."""
     hq, d, hs, tpb = GLOBAL_DIMS[dims]
     gen = torch.Generator().manual_seed(13)
@@ -169,4 +202,22 @@ def test_draft_attention_global_pool(dims: str, dtype: str) -> None:
     offsets = shuffled_offsets(cpu, kv_lens, gen)
     inv = attn.proportional_inv_freq(d, 1e6, d // 8)
     err = run_draft(cpu, gpu, 47, offsets, kv_lens, hq, d, inv, gen, None)
+    assert err < OUT_TOL, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", list(POOL_DTYPES))
+def test_draft_attention_global_window(dtype: str, decode_impl: str) -> None:
+    """Drafter over the global pool with a 300-key window (not a multiple of the 64-token tile): the first KV tile
+    is partly masked and its leading rows are zero-filled."""
+    hq, d, hs, tpb = GLOBAL_DIMS["12b"]
+    gen = torch.Generator().manual_seed(15)
+    kv_lens = [3000, 200, 1, 700]
+
+    def make(dev: str) -> KVPool:
+        return make_pool(d // hs, hs, tpb, sum(-(-k // tpb) for k in kv_lens) + 1, POOL_DTYPES[dtype], (47,), None, dev)
+
+    cpu, gpu = twin_pools(make, True, gen)
+    offsets = shuffled_offsets(cpu, kv_lens, gen)
+    inv = attn.proportional_inv_freq(d, 1e6, d // 8)
+    err = run_draft(cpu, gpu, 47, offsets, kv_lens, hq, d, inv, gen, 300)
     assert err < OUT_TOL, f"relative error {err:.2e}"

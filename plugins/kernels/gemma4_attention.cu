@@ -31,6 +31,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace trt_gemma4 {
 namespace {
@@ -62,6 +64,34 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ uint32_t fp8x2_to_f16x2(uint32_t two_bytes) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xffffu), __NV_E4M3);
     return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+// The same pointer, with its provenance hidden from the optimiser (see the v4 tile loader).
+template <typename T>
+__device__ __forceinline__ const T* opaque(const T* p) {
+    uint64_t v;
+    asm("mov.b64 %0, %1;\n" : "=l"(v) : "l"(reinterpret_cast<uint64_t>(p)));
+    return reinterpret_cast<const T*>(v);
+}
+
+// 2^x, one MUFU instruction (ex2.approx.ftz: ~2 ulp, -inf -> +0); exp2f adds a denormal-range fix-up around it.
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Four e4m3 bytes to two f16x2: bytes 0,1 -> *lo, bytes 2,3 -> *hi (low byte -> low half); exact. On sm_89+ the
+// two cvt instructions read the 16-bit halves of w directly (no shift for the high half).
+__device__ __forceinline__ void fp8x4_to_f16x2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(w));
+#else
+    lo = fp8x2_to_f16x2(w);
+    hi = fp8x2_to_f16x2(w >> 16);
+#endif
 }
 
 template <bool kF16>
@@ -643,6 +673,428 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
         }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Decode attention, v4 (one 16-row query tile, 512-d heads: the 12B global layer's decode and drafter steps).
+//
+// Why a second kernel: v3 runs 8 warps per SM (one CTA; 3 stages of 64-token K/V tiles fill shared memory), i.e.
+// 2 warps per scheduler, and its profile is issue/latency-bound, not memory-bound. v4 keeps the 3-stage ring but
+// runs 16 warps in the CTA (4 per scheduler) and reshapes the work so that each warp does half as much per tile:
+// * S = Q K^T: warp w owns the 16 tokens [16 tg, 16 tg + 16) (tg = w % 4) and the head_dim quarter kq = w / 4
+//   (128 dims). Its slice of Q (16 rows x 128 dims) lives in 32 registers for the whole kernel, so the tile loop
+//   reads no Q from shared memory (v3: every warp re-read the 16 KB Q tile every tile). The four partial S tiles
+//   (one per quarter) go to shared memory.
+// * Softmax: warp w owns query row w (16 rows, 16 warps). Lane l sums the four partials of tokens 2l, 2l+1; the
+//   row max is a warp shuffle reduction and the running max stays in registers; the running sum stays a per-lane
+//   partial (all lanes of a row see the same alpha) and is reduced once, after the last tile. No max/sum exchange
+//   through shared memory; the warp writes the row's P and its rescale factor alpha.
+// * O += P V: warp w owns the 32 output dims [32 w, 32 w + 32) (4 n-tiles; one 4-byte V read gives a token's 4
+//   dims, see the top of the file).
+// Barriers per tile: (1) tile landed / ring slot free, (2) partial S complete, (3) P and alpha complete.
+// Shared-memory traffic: the partial-S rows are padded (+8 floats) so that the fragment stores and row reads are
+// conflict-free, and P is stored in MMA A-fragment order (one 16-byte load per 16-token chunk; v3's P reads had
+// 4-way bank conflicts and needed register moves to assemble the fragment).
+// Copies: a linear cache's tile loader does one block-table read and one 32-bit multiply-add per copy (see
+// load_tile); the softmax uses ex2.approx directly (scores are pre-scaled by log2 e).
+constexpr int kDecWarps = 16;
+constexpr int kDecThreads = kDecWarps * 32;
+
+constexpr int decode_smem_bytes(int D, int esz, int stages) {
+    // ring + max(partial S, Q staging) + P + alpha + final row sums
+    return stages * 2 * kBN * (D * esz + 32) +
+           (4 * 16 * (kBN + 8) * 4 > 16 * (D * 2 + 64) ? 4 * 16 * (kBN + 8) * 4 : 16 * (D * 2 + 64)) +
+           16 * kBN * 2 + 16 * 4 + 16 * 4;
+}
+
+template <int D, bool kFp8, int STAGES>
+struct DecCfg {
+    static constexpr int kEsz = kFp8 ? 1 : 2;
+    static constexpr int kKvRow = D * kEsz + 32;  // as AttnCfg: row stride = 32 mod 128 bytes
+    static constexpr int kQRow = D * 2 + 64;      // Q staging row (bytes)
+    static constexpr int kKq = D / 4;             // QK dims per warp
+    static constexpr int kQChunks = kKq / 32;     // 32-dim chunks per warp (each: two MMAs per n-tile)
+    static constexpr int kDW = D / kDecWarps;     // PV output dims per warp
+    static constexpr int kSRow = kBN + 8;         // partial-S row (floats): stride = 8 mod 32 banks
+    static constexpr int kTileBytes = kBN * kKvRow;
+    static constexpr int kStageBytes = 2 * kTileBytes;
+    static constexpr int kSBytes = 4 * 16 * kSRow * 4;
+    static constexpr int kQBytes = 16 * kQRow;
+    static constexpr int kScratch = kSBytes > kQBytes ? kSBytes : kQBytes;  // Q staging aliases the S partials
+    static constexpr int kPBytes = 16 * kBN * 2;  // A-fragment order, no padding (see p_w)
+    static constexpr int kSmem = STAGES * kStageBytes + kScratch + kPBytes + 16 * 4 + 16 * 4;
+    static_assert(kSmem == decode_smem_bytes(D, kEsz, STAGES), "shared-memory layout");
+    static_assert(D == 512, "the v4 decode kernel is written for 512-d heads (32 output dims per warp)");
+    static_assert(kDW == 32 && kQChunks * 32 == kKq, "warp tiling");
+};
+
+template <int D, bool kFp8, int STAGES>
+__global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const AttnParams p) {
+    using C = DecCfg<D, kFp8, STAGES>;
+    constexpr bool kF16 = kFp8;  // MMA operand type, as in paged_attention_kernel
+    constexpr int BM = 16;
+    extern __shared__ __align__(128) uint8_t smem[];
+    uint8_t* kv_s = smem;
+    float* s_s = reinterpret_cast<float*>(smem + STAGES * C::kStageBytes);  // [4 quarters][16 rows][kSRow]
+    uint8_t* q_s = smem + STAGES * C::kStageBytes;                          // Q staging (before the loop only)
+    uint16_t* p_s = reinterpret_cast<uint16_t*>(smem + STAGES * C::kStageBytes + C::kScratch);  // see p_w
+    float* alpha_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(p_s) + C::kPBytes);    // [16]
+    float* l_s = alpha_s + BM;                                                                  // [16]
+
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int tg = warp & 3, kq = warp >> 2;  // QK roles: token group, dim quarter
+    const int b = blockIdx.x / p.qtiles;
+    const int qtile = blockIdx.x % p.qtiles;
+    const int kv_head = blockIdx.y;
+    const int split = blockIdx.z;
+    const int G = p.group;
+
+    const int q_begin = p.tb.cu_q_lens[b];
+    const int q_len = p.tb.cu_q_lens[b + 1] - q_begin;
+    const int kv_len = p.tb.kv_lens[b];
+    const int row0 = qtile * BM;
+    if (row0 >= q_len * G) return;  // whole CTA: before any barrier
+    const bool draft = p.q_positions != nullptr;
+
+    // Visible keys, exactly as in paged_attention_kernel.
+    auto limit_of = [&](int i) { return draft ? kv_len - 1 : kv_len - q_len + i; };
+    auto lo_of = [&](int i) { return p.window > 0 ? max(0, limit_of(i) - p.window + 1) : 0; };
+    const int tok_first = row0 / G;
+    const int tok_last = min(q_len * G - 1, row0 + BM - 1) / G;
+    const int j_lo = lo_of(tok_first);
+    const int j_hi = min(limit_of(tok_last), kv_len - 1);
+    const int tile_first = j_lo / kBN;
+    const int n_tiles_all = j_hi >= j_lo ? j_hi / kBN - tile_first + 1 : 0;
+    const int my_first = split * p.split_tiles;
+    const int n_tiles = max(0, min(n_tiles_all - my_first, p.split_tiles));
+
+    // ---- Q tile staged in shared memory (RoPE in fp32, rounded to the MMA type; rows past the tokens are zeros),
+    // then each warp keeps its quarter as MMA A fragments in registers.
+    {
+        constexpr int kChunks = D / 2 / 8;
+        for (int w = tid; w < BM * kChunks; w += kDecThreads) {
+            const int r = w / kChunks, c = w % kChunks;
+            const int row = row0 + r;
+            const int i = row / G;
+            uint4 lo_out = make_uint4(0, 0, 0, 0), hi_out = make_uint4(0, 0, 0, 0);
+            if (i < q_len) {
+                const int head = kv_head * G + row % G;
+                const __nv_bfloat16* src =
+                    p.q + (static_cast<int64_t>(q_begin + i) * p.num_q_heads + head) * D + c * 8;
+                const uint4 lo_raw = *reinterpret_cast<const uint4*>(src);
+                const uint4 hi_raw = *reinterpret_cast<const uint4*>(src + D / 2);
+                const __nv_bfloat16* lo_h = reinterpret_cast<const __nv_bfloat16*>(&lo_raw);
+                const __nv_bfloat16* hi_h = reinterpret_cast<const __nv_bfloat16*>(&hi_raw);
+                const int pos = draft ? p.q_positions[b] : kv_len - q_len + i;
+                uint16_t lo16[8], hi16[8];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    const float a = __bfloat162float(lo_h[e]);
+                    const float h = __bfloat162float(hi_h[e]);
+                    float sn = 0.f, cs = 1.f;
+                    if (p.inv_freq != nullptr) sincosf(static_cast<float>(pos) * p.inv_freq[c * 8 + e], &sn, &cs);
+                    lo16[e] = to16<kF16>(a * cs - h * sn);
+                    hi16[e] = to16<kF16>(h * cs + a * sn);
+                }
+                lo_out = *reinterpret_cast<uint4*>(lo16);
+                hi_out = *reinterpret_cast<uint4*>(hi16);
+            }
+            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + c * 16) = lo_out;
+            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + D + c * 16) = hi_out;
+        }
+    }
+    __syncthreads();
+    // A fragments with the contraction permutation of the top of the file: chunk c's 8 dims [32c' + 8 t4, +8)
+    // (c' = the warp's chunk) are k-slots {2t4, 2t4+1, 2t4+8, 2t4+9} of two MMAs: qf[c][0..3] and qf[c][4..7].
+    uint32_t qf[C::kQChunks][8];
+#pragma unroll
+    for (int c = 0; c < C::kQChunks; ++c) {
+        const int dim = kq * C::kKq + c * 32 + t4 * 8;
+        const uint4 qa = *reinterpret_cast<const uint4*>(q_s + g * C::kQRow + dim * 2);
+        const uint4 qb = *reinterpret_cast<const uint4*>(q_s + (g + 8) * C::kQRow + dim * 2);
+        qf[c][0] = qa.x; qf[c][1] = qb.x; qf[c][2] = qa.y; qf[c][3] = qb.y;
+        qf[c][4] = qa.z; qf[c][5] = qb.z; qf[c][6] = qa.w; qf[c][7] = qb.w;
+    }
+    // The staging area becomes the S partials: the first writes come after barrier (1) of tile 0.
+
+    // ---- K/V tile loader. Each thread copies the same 16-byte column chunk of rows ld_row + kRowsPerPass * k
+    // (FP8: 16 rows per pass, 4 passes). Linear cache (every global layer): per pass one block-table entry for K and
+    // one for V (the same address across the pass: L1 broadcast) and one 32x32 -> 64-bit multiply-add per copy;
+    // masked rows read a clamped, valid entry and copy 0 bytes (zero fill). A ring (cyclic_len > 0) takes v3's path.
+    constexpr int kChunksPerRow = D * C::kEsz / 16;
+    static_assert(kDecThreads % kChunksPerRow == 0, "a row's chunks must divide the CTA");
+    constexpr int kRowsPerPass = kDecThreads / kChunksPerRow;
+    const int ld_chunk = tid % kChunksPerRow;
+    const int ld_row = tid / kChunksPerRow;
+    const KvAddr& A = p.addr;
+    const int ld_dim_off = [&] {
+        const int d = ld_chunk * 16 / C::kEsz;
+        return (kv_head * A.planes + d / A.head_size) * static_cast<int>(A.plane_bytes) + (d % A.head_size) * C::kEsz;
+    }();
+    const int unit_bytes = static_cast<int>(A.unit_bytes);
+    const int32_t* k_offsets = A.block_offsets + static_cast<int64_t>(b) * 2 * A.max_blocks;
+    const int32_t* v_offsets = k_offsets + A.max_blocks;
+    const int t_mask = (1 << A.t_shift) - 1;
+    const int cyc = A.cyclic_len;
+    // opaque(): the compiler otherwise re-derives these pointers from their 64-bit parts in every pass (4 extra
+    // instructions per address); opaque, each address below is one IMAD.WIDE.U32 off a fixed base.
+    const uint8_t* layer_base = opaque(A.pool + static_cast<int64_t>(A.lip2) * A.unit_bytes + ld_dim_off);
+    const uint32_t* k_table = opaque(reinterpret_cast<const uint32_t*>(k_offsets));
+    const uint32_t* v_table = opaque(reinterpret_cast<const uint32_t*>(v_offsets));
+    const uint32_t unit_u32 = static_cast<uint32_t>(unit_bytes);
+    const uint32_t row_bytes = static_cast<uint32_t>(A.row_bytes);
+    auto load_tile = [&](int t, int st) {
+        uint8_t* k_dst = kv_s + st * C::kStageBytes + ld_row * C::kKvRow + ld_chunk * 16;
+        uint8_t* v_dst = k_dst + C::kTileBytes;
+        const int j_first = (tile_first + my_first + t) * kBN + ld_row;
+        if (cyc == 0) {
+#pragma unroll
+            for (int k = 0; k < kBN / kRowsPerPass; ++k) {
+                // Unsigned 32-bit indices and offsets (all non-negative): single IMAD.WIDE.U32 address steps.
+                const int j = j_first + k * kRowsPerPass;
+                const bool ok = j >= j_lo && j <= j_hi;
+                const uint32_t jc = static_cast<uint32_t>(min(max(j, j_lo), j_hi));
+                const uint32_t blk = jc >> A.t_shift;
+                const uint8_t* row = layer_base + (jc & static_cast<uint32_t>(t_mask)) * row_bytes;
+                const uint8_t* ks = row + static_cast<uint64_t>(__ldg(k_table + blk)) * unit_u32;
+                const uint8_t* vs = row + static_cast<uint64_t>(__ldg(v_table + blk)) * unit_u32;
+                cp_async_16(k_dst + k * kRowsPerPass * C::kKvRow, ks, ok ? 16 : 0);
+                cp_async_16(v_dst + k * kRowsPerPass * C::kKvRow, vs, ok ? 16 : 0);
+            }
+            return;
+        }
+        int slot = j_first % cyc;
+#pragma unroll
+        for (int k = 0; k < kBN / kRowsPerPass; ++k) {
+            const int j = j_first + k * kRowsPerPass;
+            const bool ok = j >= j_lo && j <= j_hi;
+            const uint8_t* ks = A.pool;
+            const uint8_t* vs = A.pool;
+            if (ok) {
+                const int blk = slot >> A.t_shift;
+                const int in_unit = (slot & t_mask) * A.row_bytes + ld_dim_off;
+                ks = A.pool + static_cast<int64_t>(k_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+                vs = A.pool + static_cast<int64_t>(v_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+            }
+            cp_async_16(k_dst + k * kRowsPerPass * C::kKvRow, ks, ok ? 16 : 0);
+            cp_async_16(v_dst + k * kRowsPerPass * C::kKvRow, vs, ok ? 16 : 0);
+            slot += kRowsPerPass;
+            if (slot >= cyc) slot -= cyc;  // cyclic_len >= 64 >= kRowsPerPass (checked on the host)
+        }
+    };
+
+    // Softmax state of the warp's own row (lane-replicated max, per-lane partial sum).
+    const int my_row = row0 + warp;
+    const int my_i = my_row / G;
+    const int my_lim = my_i < q_len ? min(limit_of(my_i), kv_len - 1) : -1;
+    const int my_lo = my_i < q_len ? lo_of(my_i) : 0;
+    float m_run = -INFINITY, l_part = 0.f;
+
+    float o_acc[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[nt][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+
+    // Fixed per-thread shared-memory offsets of the tile loop.
+    const int k_off = (16 * tg + g) * C::kKvRow + (kq * C::kKq + 8 * t4) * C::kEsz;  // K: token 16tg+g, 8 dims
+    float* s_w = s_s + (kq * BM + g) * C::kSRow + 16 * tg + 2 * t4;                   // partial S: row g, 2 tokens
+    const float* s_r = s_s + warp * C::kSRow + 2 * lane;                              // row `warp`, tokens 2l, 2l+1
+    // P is stored in A-fragment order: 16-token chunk kc, lane (g, t4) of the PV warps owns the 16 bytes at
+    // kc*256 + lane*8 halves = {a0, a1, a2, a3} = {row g: tokens t4, t4+4 | row g+8: same | row g: t4+8, t4+12 |
+    // row g+8: same} (the token order of the V fragments, top of the file), so the PV loop reads it with one
+    // conflict-free 16-byte load per chunk and feeds the MMA without register moves. Token tk of row r goes to
+    // kc*256 + ((r%8)*4 + tk%4)*8 + (((tk%16)/8)*2 + r/8)*2 + (tk/4)%2, with kc = tk/16; lane l writes tokens 2l
+    // and 2l+1 (the latter 8 halves on).
+    uint16_t* p_w = p_s + (lane >> 3) * 256 + ((warp & 7) * 4 + 2 * (lane & 1)) * 8 +
+                    (((lane >> 2) & 1) * 2 + (warp >> 3)) * 2 + ((lane >> 1) & 1);
+    const uint16_t* p_r = p_s + lane * 8;
+    const int v_off = t4 * C::kKvRow + (warp * C::kDW + 4 * g) * C::kEsz;  // V: token t4 (+4e), 4 dims
+    const float qk_l2 = p.qk_scale * kLog2e;  // scores kept in log2 units from here on
+
+    for (int t = 0; t < n_tiles; ++t) {
+        const int st = t % STAGES;
+        if constexpr (STAGES == 1) {
+            load_tile(t, 0);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();  // (1)
+        } else {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();  // (1) tile t landed for every thread; the slot refilled below was consumed at t-1
+            if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+            cp_async_commit();
+        }
+        const uint8_t* k_s = kv_s + st * C::kStageBytes;
+        const uint8_t* v_s = k_s + C::kTileBytes;
+        const int j0 = (tile_first + my_first + t) * kBN;
+
+        // ---- Partial S over the warp's dim quarter: 2 n-tiles x 2 MMAs per 32-dim chunk = 4 independent chains.
+        float sp[2][2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sp[nt][h][e] = 0.f;
+#pragma unroll
+        for (int c = 0; c < C::kQChunks; ++c)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const uint8_t* src = k_s + k_off + nt * 8 * C::kKvRow + c * 32 * C::kEsz;
+                uint32_t kb[4];
+                if constexpr (kFp8) {
+                    const uint2 raw = *reinterpret_cast<const uint2*>(src);
+                    fp8x4_to_f16x2x2(raw.x, kb[0], kb[1]);
+                    fp8x4_to_f16x2x2(raw.y, kb[2], kb[3]);
+                } else {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(src);
+                    kb[0] = raw.x; kb[1] = raw.y; kb[2] = raw.z; kb[3] = raw.w;
+                }
+                mma_16816<kF16>(sp[nt][0], qf[c][0], qf[c][1], qf[c][2], qf[c][3], kb[0], kb[1]);
+                mma_16816<kF16>(sp[nt][1], qf[c][4], qf[c][5], qf[c][6], qf[c][7], kb[2], kb[3]);
+            }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            *reinterpret_cast<float2*>(s_w + 8 * nt) =
+                make_float2(sp[nt][0][0] + sp[nt][1][0], sp[nt][0][1] + sp[nt][1][1]);
+            *reinterpret_cast<float2*>(s_w + 8 * C::kSRow + 8 * nt) =
+                make_float2(sp[nt][0][2] + sp[nt][1][2], sp[nt][0][3] + sp[nt][1][3]);
+        }
+        __syncthreads();  // (2) partial S complete
+
+        // ---- Row `warp`: scores of tokens 2l, 2l+1, masked, in log2 units; online softmax in registers.
+        {
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int q4 = 0; q4 < 4; ++q4) {
+                const float2 v = *reinterpret_cast<const float2*>(s_r + q4 * BM * C::kSRow);
+                s0 += v.x;
+                s1 += v.y;
+            }
+            const int j = j0 + 2 * lane;
+            s0 = (j >= my_lo && j <= my_lim) ? s0 * qk_l2 : -INFINITY;
+            s1 = (j + 1 >= my_lo && j + 1 <= my_lim) ? s1 * qk_l2 : -INFINITY;
+            float mx = fmaxf(s0, s1);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float m_new = fmaxf(m_run, mx);
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float alpha = ex2_approx(m_run - m_use);
+            m_run = m_new;
+            const float p0 = ex2_approx(s0 - m_use), p1 = ex2_approx(s1 - m_use);
+            l_part = l_part * alpha + (p0 + p1);
+            p_w[0] = to16<kF16>(p0);
+            p_w[8] = to16<kF16>(p1);
+            if (lane == 0) alpha_s[warp] = alpha;
+        }
+        __syncthreads();  // (3) P and alpha complete
+
+        // ---- O = alpha O + P V over the warp's 32 output dims.
+        {
+            const float a_lo = alpha_s[g], a_hi = alpha_s[g + 8];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                o_acc[nt][0] *= a_lo;
+                o_acc[nt][1] *= a_lo;
+                o_acc[nt][2] *= a_hi;
+                o_acc[nt][3] *= a_hi;
+            }
+        }
+#pragma unroll
+        for (int kc = 0; kc < kBN / 16; ++kc) {
+            const uint4 pa = *reinterpret_cast<const uint4*>(p_r + kc * 256);
+            uint32_t lo[4], hi[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const uint8_t* src = v_s + v_off + (kc * 16 + 4 * e) * C::kKvRow;
+                if constexpr (kFp8) {
+                    lo[e] = *reinterpret_cast<const uint32_t*>(src);
+                    hi[e] = 0;
+                } else {
+                    const uint2 w = *reinterpret_cast<const uint2*>(src);
+                    lo[e] = w.x;
+                    hi[e] = w.y;
+                }
+            }
+            // FP8: one byte_perm gathers the (token e, token e+1) byte pairs of two n-tiles: bytes {nt of lo[0],
+            // nt of lo[1], nt+1 of lo[0], nt+1 of lo[1]}, selector 0x5140 (nt = 0) or 0x7362 (nt = 2).
+            uint32_t bf[4][2];
+            if constexpr (kFp8) {
+#pragma unroll
+                for (int np = 0; np < 2; ++np) {
+                    const uint32_t sel = np == 0 ? 0x5140u : 0x7362u;
+                    fp8x4_to_f16x2x2(__byte_perm(lo[0], lo[1], sel), bf[2 * np][0], bf[2 * np + 1][0]);
+                    fp8x4_to_f16x2x2(__byte_perm(lo[2], lo[3], sel), bf[2 * np][1], bf[2 * np + 1][1]);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                uint32_t b0, b1;
+                if constexpr (kFp8) {
+                    b0 = bf[nt][0];
+                    b1 = bf[nt][1];
+                } else {
+                    const int h = nt & 1;
+                    const uint32_t sel = (2 * h) | ((2 * h + 1) << 4) | ((4 + 2 * h) << 8) | ((5 + 2 * h) << 12);
+                    b0 = nt < 2 ? __byte_perm(lo[0], lo[1], sel) : __byte_perm(hi[0], hi[1], sel);
+                    b1 = nt < 2 ? __byte_perm(lo[2], lo[3], sel) : __byte_perm(hi[2], hi[3], sel);
+                }
+                mma_16816<kF16>(o_acc[nt], pa.x, pa.y, pa.z, pa.w, b0, b1);
+            }
+        }
+        if constexpr (STAGES == 1) __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    // ---- Epilogue. Row sums: the warp's lane partials, published for the warps that own the row's output dims.
+    float l_row = l_part;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) l_row += __shfl_xor_sync(0xffffffffu, l_row, o);
+    if (lane == 0) {
+        l_s[warp] = l_row;
+        if (p.num_splits > 1 && my_i < q_len) {
+            const int64_t out_row = static_cast<int64_t>(q_begin + my_i) * p.num_q_heads + kv_head * G + my_row % G;
+            // The combine kernel takes the max in natural units (v3's); m_run is in log2 units.
+            p.ws_ml[static_cast<int64_t>(split) * p.tb.num_tokens * p.num_q_heads + out_row] =
+                make_float2(m_run * (1.0f / kLog2e), l_row);
+        }
+    }
+    __syncthreads();
+    // The thread's 8 values of a row are the contiguous dims 32w + 8t4 + (4e + nt): one 16-byte (bf16) or two
+    // 16-byte (fp32) stores.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = g + 8 * h;
+        const int row = row0 + r;
+        const int i = row / G;
+        if (i >= q_len) continue;
+        const int64_t out_row = static_cast<int64_t>(q_begin + i) * p.num_q_heads + kv_head * G + row % G;
+        const int d0 = warp * C::kDW + 8 * t4;
+        if (p.num_splits == 1) {
+            const float inv = l_s[r] > 0.f ? p.v_scale / l_s[r] : 0.f;
+            __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) v[4 * e + nt] = __float2bfloat16_rn(o_acc[nt][2 * h + e] * inv);
+            *reinterpret_cast<uint4*>(p.out + out_row * D + d0) = *reinterpret_cast<const uint4*>(v);
+        } else {
+            const int64_t ws_row = static_cast<int64_t>(split) * p.tb.num_tokens * p.num_q_heads + out_row;
+            float* dst = p.ws_o + ws_row * D + d0;
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                *reinterpret_cast<float4*>(dst + 4 * e) =
+                    make_float4(o_acc[0][2 * h + e], o_acc[1][2 * h + e], o_acc[2][2 * h + e], o_acc[3][2 * h + e]);
+        }
+    }
+}
+
 // Merge the splits of one (token, q head) row: out = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s.
 template <int D>
 __global__ void __launch_bounds__(128) combine_splits_kernel(const float* __restrict__ ws_o,
@@ -711,6 +1163,24 @@ const void* kernel_ptr(int mt, int max_smem, int* smem) {
                    : kernel_with_stages<D, kFp8, 2, kMaxStages>(max_smem, smem);
 }
 
+// The v4 decode kernel: the deepest ring (up to 3 stages) that fits: FP8 3 stages on H100/H200 (230 KB of 227 KiB),
+// 2 on A100 (163 KB); BF16 (tests) 1 stage. nullptr: not even one (the caller falls back to v3).
+template <bool kFp8, int S>
+const void* decode_kernel_with_stages(int max_smem, int* smem) {
+    constexpr int kBytes = decode_smem_bytes(512, kFp8 ? 1 : 2, S);
+    if constexpr (kBytes <= 227 * 1024) {
+        if (kBytes <= max_smem) {
+            *smem = kBytes;
+            return reinterpret_cast<const void*>(&decode_attention_kernel<512, kFp8, S>);
+        }
+    }
+    if constexpr (S > 1) {
+        return decode_kernel_with_stages<kFp8, S - 1>(max_smem, smem);
+    } else {
+        return nullptr;
+    }
+}
+
 int device_max_smem() {
     int dev = 0, bytes = 48 * 1024;
     if (cudaGetDevice(&dev) != cudaSuccess) return bytes;
@@ -718,10 +1188,32 @@ int device_max_smem() {
     return bytes;
 }
 
-const void* select_kernel(const AttentionProblem& p, int* smem) {
+// Which decode kernel: AttentionProblem::decode_impl, or (0) the environment variable TRT_GEMMA4_ATTN_DECODE
+// ("v3" or "3" selects v3; anything else, or unset, v4). Read at every launch so that one process (the benchmark,
+// the tests) can time and check both.
+int decode_impl_of(const AttentionProblem& p) {
+    if (p.decode_impl == 3 || p.decode_impl == 4) return p.decode_impl;
+    const char* env = std::getenv("TRT_GEMMA4_ATTN_DECODE");
+    if (env != nullptr && (std::strcmp(env, "v3") == 0 || std::strcmp(env, "3") == 0)) return 3;
+    return 4;
+}
+
+// The kernel, its dynamic shared memory and its block size. v4 serves one 16-row query tile (mt 1) of a 512-d head
+// (every decode step and drafter step of the 12B global layer); everything else, and v4 where it does not fit, runs
+// paged_attention_kernel.
+const void* select_kernel(const AttentionProblem& p, int* smem, int* threads) {
     const bool fp8 = p.kv.dtype == KvDtype::kFp8E4M3;
     const int mt = mt_for(p);
     const int max_smem = device_max_smem();
+    *threads = kThreads;
+    if (p.head_dim == 512 && mt == 1 && decode_impl_of(p) == 4) {
+        const void* fn = fp8 ? decode_kernel_with_stages<true, 3>(max_smem, smem)
+                             : decode_kernel_with_stages<false, 3>(max_smem, smem);
+        if (fn != nullptr) {
+            *threads = kDecThreads;
+            return fn;
+        }
+    }
     switch (p.head_dim) {
         case 64: return fp8 ? kernel_ptr<64, true>(mt, max_smem, smem) : kernel_ptr<64, false>(mt, max_smem, smem);
         case 128: return fp8 ? kernel_ptr<128, true>(mt, max_smem, smem) : kernel_ptr<128, false>(mt, max_smem, smem);
@@ -759,10 +1251,10 @@ int device_sms() {
 int32_t attention_num_splits(const AttentionProblem& p, int32_t num_sms) {
     if (check_problem(p) != cudaSuccess || p.tokens.max_kv_len <= 0) return 1;
     if (num_sms <= 0) num_sms = device_sms();
-    int smem = 0;
-    const void* fn = select_kernel(p, &smem);
+    int smem = 0, threads = kThreads;
+    const void* fn = select_kernel(p, &smem, &threads);
     int per_sm = 1;
-    if (fn == nullptr || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kThreads, smem) != cudaSuccess)
+    if (fn == nullptr || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, threads, smem) != cudaSuccess)
         per_sm = 1;
     const int64_t slots = static_cast<int64_t>(num_sms) * std::max(1, per_sm);
     const int64_t base = static_cast<int64_t>(p.tokens.batch) * num_qtiles(p) * p.num_kv_heads;
@@ -819,14 +1311,14 @@ cudaError_t attention(const AttentionProblem& p, const void* q, void* out, void*
         ap.ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(workspace) + ((o_bytes + 255) / 256) * 256);
     }
 
-    int smem = 0;
-    const void* fn = select_kernel(p, &smem);
+    int smem = 0, threads = kThreads;
+    const void* fn = select_kernel(p, &smem, &threads);
     if (fn == nullptr) return cudaErrorInvalidConfiguration;  // not even one stage fits this device
     err = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(p.tokens.batch * num_qtiles(p), p.num_kv_heads, splits);
     void* args[] = {&ap};
-    err = cudaLaunchKernel(fn, grid, dim3(kThreads), args, smem, stream);
+    err = cudaLaunchKernel(fn, grid, dim3(threads), args, smem, stream);
     if (err != cudaSuccess) return err;
     if (splits > 1) {
         const int r = static_cast<int>(rows);

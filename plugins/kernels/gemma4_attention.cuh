@@ -74,6 +74,9 @@ struct AttentionProblem {
     // RoPE applied to q inside the kernel, NeoX pairs (i, i + head_dim/2): device fp32 [head_dim/2] inverse
     // frequencies (zeros for pairs that do not rotate). nullptr: q is used as given.
     const float* rope_inv_freq = nullptr;
+    // Kernel for one-query-tile steps of 512-d heads (decode, drafter): 4 = v4 (16 warps, row-owned softmax), 3 = v3
+    // (8 warps), 0 = v4 unless the environment variable TRT_GEMMA4_ATTN_DECODE is "v3" (read at every launch).
+    int32_t decode_impl = 0;
 };
 
 // Number of KV-split blocks ("flash-decoding") the launch will use; 1 means no combine pass. num_sms = 0 reads it
