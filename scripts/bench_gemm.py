@@ -365,8 +365,10 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
             continue
         copies = max(4, math.ceil(2 * l2 / (n * k)))
         qs, ss = zip(*[quantize_random(n, k, gen) for _ in range(copies)])
+        wds = [dequantize_block_fp8(q, s, torch.bfloat16) for q, s in zip(qs, ss)]
         for m in args.tune_ms:
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+            t_bf16 = time_graph([lambda wd=wd, x=x: F.linear(x, wd) for wd in wds], min_ms=1.5, replays=3)
             cands = []
             if m <= 64:
                 nt = 1 if m <= 8 else (2 if m <= 16 else 4)
@@ -382,6 +384,17 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                 for tile in tiles:
                     for sp in (1, 2, 4, 8):
                         cands.append((2, tile, 1, 1, sp, 2))
+            if args.tune_wgmma and torch.cuda.get_device_capability() == (9, 0):
+                # The sm_90a TMA + wgmma kernel: token tile 16..128 (no tile above 2x M), split-K 1..8.
+                for tile in (16, 32, 64, 128):
+                    if tile > max(16, 2 * m):
+                        continue
+                    for sp in (1, 2, 4, 8):
+                        cands.append((3, tile, 1, 1, sp, 2))
+                if m >= 128:
+                    cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
+            if args.tune_only_wgmma:
+                cands = [c for c in cands if c[0] == 3] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
             timings = []
             for c in cands:
                 t = time_graph(
@@ -396,10 +409,13 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
             timings.sort()
             default = tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])
             t_def = next((t for t, c in timings if c == default), None)
-            out[f"{name}/M{m}"] = [(t, list(c)) for t, c in timings]
+            out[f"{name}/M{m}"] = [(t, list(c)) for t, c in timings] + [(t_bf16, ["cublas_bf16"])]
             top = ", ".join(f"{c}:{t:.1f}" for t, c in timings[:4])
-            print(f"tune {name:20s} M={m:5d} best {top}   default {default}:{t_def}")
-        del qs, ss
+            print(
+                f"tune {name:20s} M={m:5d} cuBLAS {t_bf16:.1f} best {top} (x{t_bf16 / timings[0][0]:.2f})"
+                f"   default {default}:{t_def}"
+            )
+        del qs, ss, wds
         torch.cuda.empty_cache()
     results["tune"] = out
 
@@ -412,6 +428,8 @@ def main() -> None:
     p.add_argument("--shapes", nargs="*", default=None, help="subset of shape names")
     p.add_argument("--tune", action="store_true", help="also sweep kernel configurations")
     p.add_argument("--tune-ms", type=int, nargs="*", default=[1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+    p.add_argument("--tune-wgmma", action="store_true", help="--tune includes the sm_90a wgmma kernel")
+    p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")
     p.add_argument("--no-bf16-stack", action="store_true", help="skip cuBLAS in the whole-stack timing")

@@ -79,6 +79,12 @@ STREAM_VARIANTS = [(1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 2, 2), (1, 2, 3), (2, 1,
 CONFIGS = [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))] + [
     (2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)
 ]
+# The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros).
+WGMMA_CONFIGS = [(3, tile, 1, 1, sp, 2) for tile in (16, 32, 64, 128) for sp in (1, 2, 5)] + [(3, 256, 1, 1, 1, 2)]
+
+
+def _is_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
@@ -90,6 +96,62 @@ def test_every_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
     torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
     torch.cuda.synchronize()
     check(y, x, w, s, f"config {config} M={m} N={n} K={k}")
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
+@pytest.mark.parametrize("config", WGMMA_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
+@pytest.mark.parametrize(
+    ("n", "k", "m"),
+    [
+        (144, 272, 37),
+        (320, 1040, 13),
+        (1024, 2064, 200),
+        (384, 3840, 129),
+        (8704, 3840, 1),
+        (3840, 4096, 300),
+        (8208, 528, 1100),  # more tiles than SMs (the persistent 256-token kernel loops), partial edges
+    ],
+    ids=str,
+)
+def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
+    torch.cuda.synchronize()
+    check(y, x, w, s, f"wgmma config {config} M={m} N={n} K={k}")
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
+@pytest.mark.parametrize("tile", [16, 128, 256])
+def test_wgmma_zero_scale_blocks(tile: int) -> None:
+    """All-zero weight blocks (s = 0) between live ones: the 256-token kernel skips them in its rescaling."""
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    m, n, k = 300, 384, 1040
+    x, w, s = random_problem(m, n, k, gen)
+    s[:, 0] = 0.0
+    s[1, 3:6] = 0.0
+    s[2, :] = 0.0
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, 1, depth=2, out=y)
+    torch.cuda.synchronize()
+    assert torch.all(y[:, 256:] == 0)
+    check(y, x, w, s, f"wgmma tile {tile} zero-scale blocks")
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
+def test_wgmma_fp8_conversion_is_exact() -> None:
+    """Every E4M3 byte (incl. subnormals) times identity-like activations, scale 1: the wgmma path must give the
+    FP8 values exactly (each output is one weight value, so FP32 accumulation adds no rounding)."""
+    n, k = 256, 256
+    codes = torch.arange(256, dtype=torch.int32, device="cuda").to(torch.uint8)
+    codes = codes[(codes != 0x7F) & (codes != 0xFF)]  # no NaN in checkpoints
+    w = codes.repeat(n * k // codes.numel() + 1)[: n * k].view(n, k).view(torch.float8_e4m3fn)
+    s = torch.ones(2, 2, device="cuda")
+    x = torch.eye(k, device="cuda", dtype=torch.bfloat16)  # Y = Wᵀ column by column: y[i, j] = w[j, i]
+    for tile in (16, 128, 256):
+        y = torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, 1, depth=2)
+        assert torch.equal(y.float(), w.float().t().contiguous()), f"tile {tile}: inexact FP8 -> BF16 conversion"
 
 
 def test_zero_scale_blocks_and_single_block_scale() -> None:

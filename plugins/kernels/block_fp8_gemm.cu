@@ -50,6 +50,7 @@
 //    acc *= s_prev / s_cur when the scale changes, acc *= s_last at the end; blocks with s = 0 are skipped.
 
 #include "block_fp8_gemm.cuh"
+#include "block_fp8_gemm_detail.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -58,29 +59,12 @@
 namespace trt_gemma4 {
 namespace {
 
+using namespace detail;
+
 constexpr int kBlock = 128;              // scale block edge
-constexpr uint32_t kBf16x2Pow120 = 0x7B807B80u;  // BF16 2^120 = exponent 127+120 = 0xF7, in both halves
-constexpr uint32_t kBf16x2NegZero = 0x80008000u;
 
 // --------------------------------------------------------------------------------------------------------------
 // Small device helpers (all sm_80+ PTX).
-
-__device__ __forceinline__ uint32_t fp8x2HiToBf16x2(uint32_t q) {
-    // Bytes 1 and 3 of q -> BF16x2 scaled by 2^-120 (see the header comment).
-    return (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
-}
-
-__device__ __forceinline__ uint32_t bf16x2Mul(uint32_t a, uint32_t b) {
-    uint32_t d;
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(kBf16x2NegZero));
-    return d;
-}
-
-// Converts the 4 FP8 values of q to the two BF16x2 fragment registers (k+0, k+2) and (k+1, k+3), exactly.
-__device__ __forceinline__ void fp8x4ToBf16Frag(uint32_t q, uint32_t& even, uint32_t& odd) {
-    even = bf16x2Mul(fp8x2HiToBf16x2(q << 8), kBf16x2Pow120);
-    odd = bf16x2Mul(fp8x2HiToBf16x2(q), kBf16x2Pow120);
-}
 
 // Two BF16x2 words holding x[k+0..3] -> the B fragment registers (x0, x2) and (x1, x3).
 __device__ __forceinline__ void bf16x4ToFrag(uint32_t x01, uint32_t x23, uint32_t& even, uint32_t& odd) {
@@ -128,23 +112,6 @@ __device__ __forceinline__ void cpAsyncWait() {
 }
 
 __device__ __forceinline__ void zero4(uint32_t (&r)[4]) { r[0] = r[1] = r[2] = r[3] = 0u; }
-
-// Programmatic dependent launch (sm_90+). Our kernels are launched with programmatic stream serialization, so a
-// GEMM may start while the previous kernel in the stream is still running. Weights and scales are constants and
-// are read before waiting; activations are read and outputs/workspace written only after waitForPrerequisite(),
-// which returns once the previous grid has completed and its memory is visible. allowDependents() lets the next
-// kernel's CTAs start their own weight prefetch during our tail. Both are no-ops without the launch attribute
-// and compile to nothing before sm_90.
-__device__ __forceinline__ void waitForPrerequisite() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allowDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // --------------------------------------------------------------------------------------------------------------
 // streamKernel: small M.
@@ -639,34 +606,6 @@ TileDims tileDims(int tile) {
     }
 }
 
-// Programmatic dependent launch is used on sm_90+ unless TRT_GEMMA4_NO_PDL=1 (debugging aid).
-bool usePdl() {
-    static const bool envOff = [] {
-        const char* v = std::getenv("TRT_GEMMA4_NO_PDL");
-        return v != nullptr && v[0] == '1';
-    }();
-    if (envOff) return false;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    return major >= 9;
-}
-
-template <class... KArgs, class... Args>
-cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream, Args... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = usePdl() ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
-}
-
 template <class T>
 cudaError_t launchTiled(dim3 grid, const __nv_bfloat16* X, const uint8_t* W, const float* S, __nv_bfloat16* Y,
                         float* partial, int M, int N, int K, cudaStream_t stream) {
@@ -820,6 +759,8 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
             case 4: err = launchTiled<Tile4>(grid, X, W, S, Y, partial, M, N, K, stream); break;
             default: err = launchTiled<Tile5>(grid, X, W, S, Y, partial, M, N, K, stream); break;
         }
+    } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
+        err = launchWgmmaGemm(X, W, S, Y, partial, M, N, K, config.tile, config.splits, stream);
     } else {
         return cudaErrorInvalidValue;
     }

@@ -37,6 +37,8 @@ namespace trt_gemma4 {
 enum class BlockFp8GemmKernel : int {
     kStream = 1,  // register-only weight streaming, weights straight from HBM into mma fragments (small M)
     kTiled = 2,   // cp.async multi-stage shared-memory tiles (larger M)
+    kWgmma = 3,   // sm_90a only: TMA + warp-specialized wgmma, weights widened once per CTA tile
+                  // (block_fp8_gemm_sm90.cu); `tile` is the token tile: 16, 32, 64 or 128
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.
@@ -53,7 +55,8 @@ constexpr int kBlockFp8TiledTiles = 6;
 // benchmarking/tuning (blockFp8WoGemmWithConfig).
 struct BlockFp8GemmConfig {
     BlockFp8GemmKernel kernel = BlockFp8GemmKernel::kStream;
-    int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above)
+    int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above);
+                        // wgmma: tokens per CTA (16, 32, 64, 128; the CTA always covers 128 weight rows)
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass

@@ -1,0 +1,100 @@
+// Helpers shared by the block-FP8 GEMM translation units (block_fp8_gemm.cu: the portable mma.sync kernels;
+// block_fp8_gemm_sm90.cu: the Hopper wgmma kernel). Internal: not part of the API in block_fp8_gemm.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+namespace trt_gemma4 {
+namespace detail {
+
+// ---- FP8 (E4M3) -> BF16 conversion, 4 values per 32-bit word -------------------------------------------------
+// E4M3 = s eeee mmm (bias 7); BF16 = s eeeeeeee mmmmmmm (bias 127). Put an FP8 byte in the HIGH byte of a 16-bit
+// lane, keep the sign bit (bit 15) and shift the 7 exponent+mantissa bits right by 4: they land in the low 4 bits
+// of the BF16 exponent and the top 3 mantissa bits. The result is the same number times 2^(7-127) = 2^-120, for
+// normals and subnormals alike (BF16 has the exponent range to hold every E4M3 value exactly). On a word
+// q = [b0 b1 b2 b3] (b0 = lowest address):
+//     hi(q) = (q & 0x80008000) | ((q & 0x7F007F00) >> 4)   -> BF16x2 (b1, b3)   (b1 in the low half)
+//     lo(q) = hi(q << 8)                                   -> BF16x2 (b0, b2)
+// The 2^-120 is undone with one exact BF16x2 multiply by 2^120 (fma.rn.bf16x2 with a -0 addend) per pair.
+// Folding 2^120 into the FP32 scale instead would push products of small weights and activations into the FP32
+// subnormal range inside the tensor core, so we pay the multiply.
+constexpr uint32_t kBf16x2Pow120 = 0x7B807B80u;  // BF16 2^120 = exponent 127+120 = 0xF7, in both halves
+constexpr uint32_t kBf16x2NegZero = 0x80008000u;
+
+__device__ __forceinline__ uint32_t fp8x2HiToBf16x2(uint32_t q) {
+    // Bytes 1 and 3 of q -> BF16x2 scaled by 2^-120.
+    return (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
+}
+
+__device__ __forceinline__ uint32_t bf16x2Mul(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(kBf16x2NegZero));
+    return d;
+}
+
+// Converts the 4 FP8 values of q = [b0 b1 b2 b3] to BF16x2 (b0, b2) -> even and (b1, b3) -> odd, exactly.
+__device__ __forceinline__ void fp8x4ToBf16Frag(uint32_t q, uint32_t& even, uint32_t& odd) {
+    even = bf16x2Mul(fp8x2HiToBf16x2(q << 8), kBf16x2Pow120);
+    odd = bf16x2Mul(fp8x2HiToBf16x2(q), kBf16x2Pow120);
+}
+
+// ---- Programmatic dependent launch (sm_90+) ------------------------------------------------------------------
+// Our kernels are launched with programmatic stream serialization, so a GEMM may start while the previous kernel
+// in the stream is still running. Weights and scales are constants and are read before waiting; activations are
+// read and outputs/workspace written only after waitForPrerequisite(), which returns once the previous grid has
+// completed and its memory is visible. allowDependents() lets the next kernel's CTAs start their own weight
+// prefetch during our tail. Both are no-ops without the launch attribute and compile to nothing before sm_90.
+__device__ __forceinline__ void waitForPrerequisite() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Compute capability major of the current device (0 if unknown).
+inline int deviceMajor() {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    return major;
+}
+
+// Programmatic dependent launch is used on sm_90+ unless TRT_GEMMA4_NO_PDL=1 (debugging aid).
+inline bool usePdl() {
+    static const bool envOff = [] {
+        const char* v = std::getenv("TRT_GEMMA4_NO_PDL");
+        return v != nullptr && v[0] == '1';
+    }();
+    return !envOff && deviceMajor() >= 9;
+}
+
+template <class... KArgs, class... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = usePdl() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+// Runs the Hopper wgmma kernel (block_fp8_gemm_sm90.cu) with token tile `tokTile` (16, 32, 64 or 128) and
+// `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by the caller's
+// reduce pass). cudaErrorNotSupported on a device other than sm_90 or a build without sm_90a code.
+cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
+                            int K, int tokTile, int splits, cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace trt_gemma4

@@ -1,0 +1,752 @@
+// Hopper (sm_90a) block-FP8 weight-only GEMM: TMA + warp-specialized wgmma. Interface and numerics:
+// block_fp8_gemm.cuh (BlockFp8GemmKernel::kWgmma); launched through blockFp8WoGemmWithConfig.
+//
+// Y = X · dequant(W, S)ᵀ is computed as Yᵀ = W · Xᵀ ("swap AB"): the WEIGHT tile is the wgmma's A operand (the
+// 64-row M side, one warpgroup = 64 weight rows) and comes from REGISTERS, the TOKEN tile is the B operand (the
+// N side, T = 16..128 tokens) and comes from shared memory. Only an A operand may live in registers, and only in
+// registers can the FP8 bytes be widened to BF16 on their way to the tensor cores, once per CTA tile.
+//
+// CTA = 3 warpgroups, one CTA per SM:
+//   warpgroup 0   producer: one thread issues the bulk tensor copies (TMA) of each k-block's tiles into a ring of
+//                 STAGES shared-memory stages; the other 127 threads only give their registers away (setmaxnreg).
+//   warpgroups 1,2 consumers: 64 weight rows each (128 per CTA, inside one 128-row scale block), all T tokens.
+// A stage holds one 128-wide k-block = one scale per consumer: the weight tile [128 rows][128 B] FP8 and the token
+// tile as two [T rows][64 bf16] halves, all three with the 128-byte swizzle (16-byte chunk c of 128-byte row r
+// stored at chunk c ^ (r & 7)), which the wgmma descriptor understands for B and which makes the weight reads
+// below conflict-free. Barriers: full[s] (TMA transaction bytes), empty[s] (8 consumer warps release the stage).
+//
+// ---- Weight fragments: shared memory -> registers, FP8 -> BF16 ------------------------------------------------
+// The register A fragment of wgmma m64nNk16 is mma.sync's m16n8k16 A fragment per warp (rows 16w..16w+15 of the
+// warpgroup): thread (g = lane/4, t = lane%4) holds rows g and g+8 at k {2t, 2t+1} and {2t+8, 2t+9}. B is read
+// by the tensor core in its natural k order, so no k permutation is possible here (unlike the mma.sync kernels):
+// the thread loads the 32-bit words holding bytes 2t..2t+1 and 2t+8..2t+9 of the 16-byte chunk (words t/2 and
+// 2+t/2; lanes t and t^1 read the same two words), one PRMT gathers its four bytes as [k0 k8 k1 k9] and the bit
+// conversion of block_fp8_gemm_detail.cuh turns that word into exactly the two BF16x2 registers (k0, k1) and
+// (k8, k9). Per 16-wide k step: 4 LDS.32 + 2 PRMT + 2 conversions (~9 ops each) per thread.
+//
+// ---- Scales: FP32 promotion per k-block (never folded into BF16 weights) -----------------------------------
+// Each k-block's 8 wgmmas accumulate into fresh FP32 registers (the first with scale-d = 0), then
+// acc += s[kb] · partial in FP32 (DeepGEMM's promotion). So the result is the exact-FP8 × BF16 product with FP32
+// accumulation, the block scale applied to FP32 partial sums: the same numerics as the mma.sync kernels.
+// Software pipeline per consumer: issue k-block i's wgmmas, then (while they run) wait for stage i+1 and convert
+// its weight fragments into the second register set, then wait for the wgmmas, release stage i, promote.
+//
+// ---- Edges -----------------------------------------------------------------------------------------------------
+// TMA zero-fills rows >= N, tokens >= M and k >= K, so partial 128-blocks need no code; the epilogue skips
+// tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all out). Split-K: CTA z takes a contiguous
+// range of k-blocks and writes FP32 partials; the reduce pass of block_fp8_gemm.cu sums them.
+//
+// The kernel body exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL); other targets compile an
+// empty kernel and the host side refuses to launch it off sm_90.
+#include "block_fp8_gemm.cuh"
+#include "block_fp8_gemm_detail.cuh"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace trt_gemma4 {
+namespace detail {
+namespace {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TRT_GEMMA4_SM90A_DEVICE 1
+#endif
+
+constexpr int kRows = 128;     // weight rows per CTA (2 consumer warpgroups x 64)
+constexpr int kKBlock = 128;   // k per stage = one scale block
+
+template <int T>
+struct WgShape {
+    static constexpr int STAGES = T <= 16 ? 10 : (T <= 32 ? 8 : (T <= 64 ? 6 : 4));
+    static constexpr int W_BYTES = kRows * kKBlock;    // 16 KB FP8
+    static constexpr int X_HALF = T * 128;             // [T][64] bf16
+    static constexpr int STAGE = W_BYTES + 2 * X_HALF; // a multiple of 1024: every tile stays 1024-aligned
+    static constexpr int BARS = STAGES * STAGE;        // barrier area offset
+    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;  // + slack to align the base to 1024
+    static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
+    static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
+    static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
+    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
+};
+
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+// ---- PTX wrappers (sm_90a) -----------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smemAddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbarInit(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarExpectTx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbarArrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// 2-D bulk tensor copy global -> shared, completing `bar`'s transaction bytes. c0 = innermost (k) coordinate.
+__device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+__device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// Keeps the compiler from moving register reads/writes across the asynchronous wgmma (CUTLASS's
+// warpgroup_fence_operand): the registers are "redefined" here, so every use stays on its side of the fence.
+template <int N>
+__device__ __forceinline__ void fenceRegs(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+__device__ __forceinline__ void namedBarrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void namedBarrierArrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Ping-pong between the two consumer warpgroups: they take turns ISSUING their k-block's wgmmas (warpgroup 0 on
+// barrier kTurn0, warpgroup 1 on kTurn1), so the tensor pipe runs one warpgroup's whole batch, then the other's,
+// and each rescales/promotes/converts while the other's batch runs. Left free-running, the two fall into step,
+// finish their batches together and leave the tensor pipe idle while both do their FP32 work.
+constexpr int kTurn0 = 4, kTurn1 = 5;
+__device__ __forceinline__ void waitTurn(int cw) { namedBarrier(cw == 0 ? kTurn0 : kTurn1, 256); }
+__device__ __forceinline__ void passTurn(int cw) { namedBarrierArrive(cw == 0 ? kTurn1 : kTurn0, 256); }
+
+// Shared-memory matrix descriptor, K-major operand with the 128-byte swizzle: start address >> 4 (bits 0-13),
+// stride between 8-row core-matrix groups 1024 B (bits 32-45), layout type 1 = SWIZZLE_128B (bits 62-63); the
+// leading offset is unused for swizzled K-major layouts. Advancing 16 k (32 B) inside the 128-byte row adds 2 to
+// the address field, as CUTLASS/DeepGEMM do for K-major SW128 tiles.
+__device__ __forceinline__ uint64_t descSw128(uint32_t addr) {
+    return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) | (static_cast<uint64_t>(1024 >> 4) << 32) |
+           (static_cast<uint64_t>(1) << 62);
+}
+
+// wgmma m64nNk16, A (weights, BF16) from registers, B (tokens, BF16, K-major) from shared memory, FP32 accumulate;
+// accumulate = 0 overwrites d.
+__device__ __forceinline__ void wgmmaRs(float (&d)[8], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRs(float (&d)[16], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRs(float (&d)[32], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRs(float (&d)[64], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRs(float (&d)[128], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+// Weight fragments of STEPS k steps of 16 for this thread, from a swizzled FP8 tile with ROW_BYTES-byte rows
+// (128: one k-block, 128-byte swizzle; 64: half a k-block, 64-byte swizzle). rowAddr: shared-memory address of
+// the thread's row g of the tile; offs[j] = ((j << 4) ^ swizzle XOR of rows g and g+8) + 4 * (t / 2), computed once.
+// The loads are explicit ld.shared (a generic pointer here compiles to 64-bit generic loads).
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+
+// mult: BF16x2 2^120 (exact conversion, block_fp8_gemm_detail.cuh) or 0 (an all-zero block: zero fragments).
+template <int STEPS, int ROW_BYTES>
+__device__ __forceinline__ void loadWeightFrags(uint32_t (&a)[STEPS][4], uint32_t rowAddr, const uint32_t (&offs)[STEPS],
+                                                uint32_t sel, uint32_t mult = kBf16x2Pow120) {
+#pragma unroll
+    for (int j = 0; j < STEPS; ++j) {
+        const uint32_t p0 = rowAddr + offs[j];   // row g, chunk j
+        const uint32_t p1 = p0 + 8 * ROW_BYTES;  // row g + 8, same chunk
+        const uint32_t q0 = __byte_perm(lds32(p0), lds32(p0 + 8), sel);
+        const uint32_t q1 = __byte_perm(lds32(p1), lds32(p1 + 8), sel);
+        // row g: (k 2t, 2t+1), (k 2t+8, 2t+9); row g+8 likewise
+        a[j][0] = bf16x2Mul(fp8x2HiToBf16x2(q0 << 8), mult);
+        a[j][2] = bf16x2Mul(fp8x2HiToBf16x2(q0), mult);
+        a[j][1] = bf16x2Mul(fp8x2HiToBf16x2(q1 << 8), mult);
+        a[j][3] = bf16x2Mul(fp8x2HiToBf16x2(q1), mult);
+    }
+}
+
+template <int STEPS>
+__device__ __forceinline__ void fenceFrags(uint32_t (&r)[STEPS][4]) {
+#pragma unroll
+    for (int j = 0; j < STEPS; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r[j][i])::"memory");
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
+template <int T>
+__global__ void __launch_bounds__(384, 1)
+    wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M,
+                    int N, int K, int tilesN, int tilesT, int kbPerSplit) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = WgShape<T>;
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+
+    // Grouped rasterization: consecutive CTAs take kGroupN weight-row tiles x all token tiles, so a wave shares
+    // a few weight tiles and a few token tiles through L2 instead of streaming one of them whole.
+    constexpr int kGroupN = 8;
+    const int perGroup = kGroupN * tilesT;
+    const int group = static_cast<int>(blockIdx.x) / perGroup;
+    const int firstN = group * kGroupN;
+    const int groupSize = min(tilesN - firstN, kGroupN);
+    const int local = static_cast<int>(blockIdx.x) - group * perGroup;
+    const int n0 = (firstN + local % groupSize) * kRows;
+    const int m0 = (local / groupSize) * T;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
+    const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
+
+    if (threadIdx.x == 0) {
+#pragma unroll 1
+        for (int s = 0; s < STAGES; ++s) {
+            mbarInit(fullBar + 8 * s, 1);
+            mbarInit(emptyBar + 8 * s, 8);  // one arrival per consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        // ---- producer ----
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmW)) : "memory");
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmX)) : "memory");
+            const int pre = min(STAGES, nkb);
+            // Weights are constants: the first stages' weight tiles are requested before the previous kernel has
+            // finished (PDL); the activations only after it has.
+#pragma unroll 1
+            for (int i = 0; i < pre; ++i) {
+                mbarExpectTx(fullBar + 8 * i, Sh::STAGE);
+                tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
+            }
+            waitForPrerequisite();
+#pragma unroll 1
+            for (int i = 0; i < pre; ++i) {
+                const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
+                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * i);
+                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * i);
+            }
+#pragma unroll 1
+            for (int i = pre; i < nkb; ++i) {
+                const int s = i % STAGES;
+                mbarWait(emptyBar + 8 * s, ((i / STAGES) - 1) & 1);
+                const uint32_t st = sbase + s * Sh::STAGE;
+                mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    // ---- consumers ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;  // consumer warpgroup: weight rows 64 cw .. 64 cw + 63 of the tile
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 128;
+    uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g
+#pragma unroll
+    for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(t >> 1) * 4;
+    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;  // [k0 k8 k1 k9] from words (t/2, 2+t/2), half t&1
+    const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks + kb0;
+
+    float acc[T / 2];
+    float part[T / 2];
+#pragma unroll
+    for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
+    uint32_t fragA[8][4], fragB[8][4];
+
+    // One k-block: wgmmas on `cur`, the next stage's weights into `nxt` meanwhile, then promotion.
+    auto step = [&](int i, uint32_t (&cur)[8][4], uint32_t (&nxt)[8][4]) {
+        const int s = i % STAGES;
+        const float scale = __ldg(sRow + i);
+        const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
+        fenceRegs(part);
+        waitTurn(cw);
+        wgmmaFence();
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            wgmmaRs(part, cur[j], descSw128(xs + (j >> 2) * Sh::X_HALF + (j & 3) * 32), j > 0 ? 1 : 0);
+        wgmmaCommit();
+        passTurn(cw);
+        if (i + 1 < nkb) {
+            const int s1 = (i + 1) % STAGES;
+            mbarWait(fullBar + 8 * s1, ((i + 1) / STAGES) & 1);
+            loadWeightFrags<8, 128>(nxt, rowAddr + s1 * Sh::STAGE, offs, sel);
+        }
+        wgmmaWaitAll();
+        fenceRegs(part);
+        fenceFrags(cur);
+        __syncwarp();
+        if (lane == 0) mbarArrive(emptyBar + 8 * s);
+#pragma unroll
+        for (int r = 0; r < T / 2; ++r) acc[r] = fmaf(scale, part[r], acc[r]);
+    };
+
+    if (nkb > 0) {
+        mbarWait(fullBar, 0);
+        loadWeightFrags<8, 128>(fragA, rowAddr, offs, sel);
+        if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+    }
+#pragma unroll 1
+    for (int i = 0; i < nkb; i += 2) {
+        step(i, fragA, fragB);
+        if (i + 1 < nkb) step(i + 1, fragB, fragA);
+    }
+    if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+
+    waitForPrerequisite();  // already true (the producer waited before loading activations); orders our stores
+    allowDependents();
+    // Accumulator layout (wgmma m64nN, FP32): acc[4j + {0,1,2,3}] = (row 16 w4 + g (+8 for 2,3), token 8j + 2t
+    // (+1 for 1,3)); rows are output features n, tokens are output rows m.
+    const int feat = 16 * w4 + g;
+    if (partial == nullptr) {
+        // Stage the BF16 tile as [token][64 features] (rows padded to 144 B: the 2-byte stores of a warp hit 16
+        // distinct words), then write 16-byte pieces: each token's 64 features are 128 contiguous bytes of Y.
+        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+        uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
+#pragma unroll
+        for (int j = 0; j < T / 8; ++j) {
+            uint8_t* p = ep + (8 * j + 2 * t) * Sh::EPI_ROW + feat * 2;
+            *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(acc[4 * j]);
+            *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW) = __float2bfloat16_rn(acc[4 * j + 1]);
+            *reinterpret_cast<__nv_bfloat16*>(p + 16) = __float2bfloat16_rn(acc[4 * j + 2]);
+            *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW + 16) = __float2bfloat16_rn(acc[4 * j + 3]);
+        }
+        namedBarrier(2 + cw, 128);
+#pragma unroll 1
+        for (int idx = tid; idx < T * 8; idx += 128) {
+            const int tok = idx >> 3, c = idx & 7;
+            const int m = m0 + tok, n = n0 + 64 * cw + 8 * c;
+            if (m < M && n < N)
+                *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
+                    *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
+        }
+    } else {
+        float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
+        const int n = n0 + 64 * cw + feat;
+#pragma unroll
+        for (int j = 0; j < T / 8; ++j) {
+            const int m = m0 + 8 * j + 2 * t;
+            if (n < N) {
+                if (m < M) P[static_cast<size_t>(m) * N + n] = acc[4 * j];
+                if (m + 1 < M) P[static_cast<size_t>(m + 1) * N + n] = acc[4 * j + 1];
+            }
+            if (n + 8 < N) {
+                if (m < M) P[static_cast<size_t>(m) * N + n + 8] = acc[4 * j + 2];
+                if (m + 1 < M) P[static_cast<size_t>(m + 1) * N + n + 8] = acc[4 * j + 3];
+            }
+        }
+    }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+    __trap();  // an sm_90 (not sm_90a) build has no wgmma: fail loudly instead of leaving Y unwritten
+#endif
+}
+
+// ---- The wide kernel: 256 tokens per CTA, persistent, for large M ---------------------------------------------
+// Same roles and fragment path as wgmmaGemmKernel, with three differences that matter at large M:
+//  * 128 weight rows x 256 tokens per tile (wgmma m64n256k16): each converted weight fragment feeds twice the
+//    tensor work, and the shared-memory traffic per FLOP (TMA writes + fragment loads + the wgmma's B reads) drops
+//    to what the smem port sustains;
+//  * the accumulator is kept in units of the current block scale (acc *= s_prev / s_cur when the k-block's scale
+//    changes, acc *= s_last at the end; k-blocks with s = 0 are skipped), so one 128-register accumulator holds the
+//    whole 64x256 tile: exact up to FP32 rounding while neighbouring block scales of one 128-row block are within
+//    ~1e30 of each other (s = amax / 448 for real checkpoints);
+//  * persistent CTAs (one per SM) walk the tiles in the grouped order; the producer runs into the next tile while
+//    the consumers store the last one, so neither the pipeline fill nor the epilogue leaves the tensor cores idle
+//    between tiles.
+// Stages are half k-blocks (64 k): weights [128 rows][64 B] with the 64-byte swizzle (16-byte chunk c of row r at
+// c ^ ((r >> 1) & 3): the 8 rows a warp reads per load hit 8 distinct 16-byte bank groups), tokens [256][64 bf16]
+// with the 128-byte swizzle, 40 KB per stage, 5 stages.
+struct WideShape {
+    static constexpr int T = 256;
+    static constexpr int STAGES = 5;
+    static constexpr int W_BYTES = kRows * 64;  // 8 KB FP8
+    static constexpr int X_BYTES = T * 128;     // [256][64] bf16
+    static constexpr int STAGE = W_BYTES + X_BYTES;
+    static constexpr int BARS = STAGES * STAGE;
+    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;
+    static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
+    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
+};
+
+__global__ void __launch_bounds__(384, 1)
+    wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
+                    int tilesT) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = WideShape;
+    constexpr int STAGES = Sh::STAGES;
+    constexpr int kGroupN = 8;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const int kStages = (K + 63) / 64;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int tiles = tilesN * tilesT;
+    const int perGroup = kGroupN * tilesT;
+    auto tileOrigin = [&](int tile, int& n0, int& m0) {
+        const int group = tile / perGroup;
+        const int firstN = group * kGroupN;
+        const int groupSize = min(tilesN - firstN, kGroupN);
+        const int local = tile - group * perGroup;
+        n0 = (firstN + local % groupSize) * kRows;
+        m0 = (local / groupSize) * Sh::T;
+    };
+
+    if (threadIdx.x == 0) {
+#pragma unroll 1
+        for (int s = 0; s < STAGES; ++s) {
+            mbarInit(fullBar + 8 * s, 1);
+            mbarInit(emptyBar + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmW)) : "memory");
+            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmX)) : "memory");
+            int c = 0;  // stage counter, continuous across tiles
+            bool waited = false;
+#pragma unroll 1
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int n0, m0;
+                tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                for (int i = 0; i < kStages; ++i, ++c) {
+                    const int s = c % STAGES;
+                    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
+                    const uint32_t st = sbase + s * Sh::STAGE;
+                    mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                    tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
+                    if (!waited) {  // PDL: the first weights are requested before the previous kernel ends
+                        waitForPrerequisite();
+                        waited = true;
+                    }
+                    tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
+                }
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
+    uint32_t offs[4];  // 64-byte swizzle: rows g and g+8 XOR the chunk index with (g / 2) % 4
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
+    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;
+    waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
+
+    // One 128-register accumulator (64 rows x 256 tokens). Per k-block (two stages, one scale) the warpgroup issues
+    // both stages' wgmma batches back to back (they chain on the accumulator), converts the next k-block's first
+    // stage while they run, and waits once: the only gap in its tensor work is the rescale at the k-block
+    // boundary, which the other consumer warpgroup's batches cover. (Splitting the accumulator in two halves to
+    // rescale one while the other runs makes ptxas 13.0 serialize every wgmma of the kernel: C7514.)
+    // Fragment buffers rotate over two k-blocks: A, B for k-block 2q (C gets 2q+1's first stage), C, D for 2q+1.
+    float acc[Sh::T / 2];
+    uint32_t fragA[4][4], fragB[4][4], fragC[4][4], fragD[4][4];
+    int c = 0;
+    if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int n0, m0;
+        tileOrigin(tile, n0, m0);
+        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
+#pragma unroll
+        for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
+        float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
+        const int kBlocksTile = (kStages + 1) / 2;
+
+        // K-block kb: f0 holds its first stage (converted), f1 receives its second, g0 the next k-block's first.
+        // The wgmmas are issued unconditionally (branches around them make ptxas serialize): an all-zero block
+        // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
+        auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
+        auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
+            const float sc = __ldg(sRow + kb);
+            const float scNext = 2 * kb + 2 < kStages ? __ldg(sRow + kb + 1) : 0.f;
+            const bool two = 2 * kb + 1 < kStages;
+            const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
+            if (sc != 0.f && sc != unit) {  // acc is idle here: the previous k-block ended with a wait
+                if (unit != 0.f) {
+                    const float ratio = unit / sc;
+#pragma unroll
+                    for (int r = 0; r < Sh::T / 2; ++r) acc[r] *= ratio;
+                }
+                unit = sc;
+            }
+            fenceRegs(acc);
+            waitTurn(cw);
+            wgmmaFence();
+            {
+                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
+            }
+            wgmmaCommit();
+            if (two) {
+                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
+                loadWeightFrags<4, 64>(f1, rowAddr + s1 * Sh::STAGE, offs, sel, multFor(sc));
+                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
+                wgmmaFence();  // f1 was written since the last fence
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
+                wgmmaCommit();
+            }
+            passTurn(cw);
+            const int cn = c + (two ? 2 : 1);
+            if (2 * kb + 2 < kStages) {
+                mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
+                loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * Sh::STAGE, offs, sel, multFor(scNext));
+            }
+            wgmmaWaitAll();
+            fenceRegs(acc);
+            fenceFrags(f0);
+            fenceFrags(f1);
+            __syncwarp();
+            if (lane == 0) {
+                mbarArrive(emptyBar + 8 * s0);
+                if (two) mbarArrive(emptyBar + 8 * s1);
+            }
+            c = cn;
+        };
+
+        mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, multFor(__ldg(sRow)));
+#pragma unroll 1
+        for (int kb = 0; kb < kBlocksTile; kb += 2) {
+            kblock(kb, fragA, fragB, fragC);
+            if (kb + 1 < kBlocksTile) kblock(kb + 1, fragC, fragD, fragA);
+        }
+        // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
+        // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
+        // already in flight meanwhile.
+        const int n = n0 + 64 * cw + 16 * w4 + g;
+#pragma unroll
+        for (int j = 0; j < Sh::T / 8; ++j) {
+            const int m = m0 + 8 * j + 2 * t;
+            if (m < M) {
+                __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
+            }
+            if (m + 1 < M) {
+                __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
+            }
+        }
+    }
+    if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+    allowDependents();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+    __trap();
+#endif
+}
+
+// ---- host ------------------------------------------------------------------------------------------------------
+
+PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* p = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+    }();
+    return fn;
+}
+
+// 2-D row-major tensor [outer][inner] with rows of rowBytes, box [boxOuter][boxInner], zero fill outside.
+bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base, uint64_t inner, uint64_t outer,
+                   uint64_t rowBytes, uint32_t boxInner, uint32_t boxOuter, CUtensorMapSwizzle swizzle) {
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = tensorMapEncoder();
+    if (encode == nullptr) return false;
+    const cuuint64_t dims[2] = {inner, outer};
+    const cuuint64_t strides[1] = {rowBytes};
+    const cuuint32_t box[2] = {boxInner, boxOuter};
+    const cuuint32_t elementStrides[2] = {1, 1};
+    return encode(map, type, 2, const_cast<void*>(base), dims, strides, box, elementStrides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
+                       cudaStream_t stream) {
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    if (tiles > 2147483647ll) return cudaErrorInvalidValue;
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int grid = static_cast<int>(std::min<long long>(tiles, sms));
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
+}
+
+template <int T>
+cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
+                          int K, int splits, cudaStream_t stream) {
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int kbPerSplit = (kBlocks + splits - 1) / splits;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
+    const long long ctas = static_cast<long long>(tilesN) * tilesT;
+    if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, WgShape<T>::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(wgmmaGemmKernel<T>, dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream, tmW,
+                  tmX, S, static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
+}
+
+}  // namespace
+
+cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
+                            int K, int tokTile, int splits, cudaStream_t stream) {
+    if (deviceMajor() != 9) return cudaErrorNotSupported;
+    if (tensorMapEncoder() == nullptr) return cudaErrorNotSupported;
+    if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
+    switch (tokTile) {
+        case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 32: return launchTokTile<32>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 64: return launchTokTile<64>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 256:
+            if (splits != 1) return cudaErrorInvalidValue;
+            return launchWide(X, W, S, Y, M, N, K, stream);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace detail
+}  // namespace trt_gemma4
