@@ -13,9 +13,9 @@
 // On sm_90+ every kernel is launched with programmatic dependent launch: it prefetches its (constant) weights
 // while the previous kernel in the stream drains, and touches activations/outputs only after griddepcontrol.wait.
 //
-// Status on sm_90a: the tuned part is the dispatch (tile shapes, ring depth, split-K, thresholds measured on
-// H200, bench/NOTES_gemm.md) and PDL. There is no wgmma/TMA path yet; for M ≥ ~128 these mma.sync kernels run
-// at ~0.4x of cuBLAS BF16, and callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512.
+// On sm_90a the dispatch (blockFp8WoGemmDefaultConfig) sends M > 16 (M > 32 for weights under 16 MB) to the TMA +
+// wgmma kernels of block_fp8_gemm_sm90.cu; these mma.sync kernels serve small M there and everything on the other
+// architectures (where callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512).
 //
 // ---- The K permutation that makes 16-byte weight loads line up with the mma fragment -------------------------
 // The m16n8k16 A fragment wants, for thread (g = lane/4, t = lane%4), the elements of rows g and g+8 at logical
@@ -644,6 +644,44 @@ int chooseSplits(int ctas, int targetCtas, int cap, int kBlocks, int minBlocks) 
     return splits;
 }
 
+// Hopper (sm_90a), M > 16: the TMA + wgmma kernels (block_fp8_gemm_sm90.cu), measured on H200 against the mma.sync
+// kernels and cuBLAS (bench/NOTES_gemm.md, v7-v10):
+//  * M <= 128: the smallest token tile of 32/64/128 that holds M, split-K while the CTAs still fit one wave (the
+//    weights are read once either way; idle SMs are what costs);
+//  * M > 128: the persistent 256-token kernel, unless its tile count leaves a last round mostly empty where the
+//    128-token kernel's waves fit better. The 256-token kernel does ~1.12x the work per unit time of the 128-token
+//    one (same run), so compare rounds x 256 / 1.12 against waves x 128.
+BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
+    BlockFp8GemmConfig c;
+    c.kernel = BlockFp8GemmKernel::kWgmma;
+    c.rowGroups = 1;
+    c.warps = 1;
+    c.depth = 2;
+    const int tilesN = ceilDiv(N, 128);
+    const int kBlocks = ceilDiv(K, kBlock);
+    auto splitsFor = [&](int ctas) {
+        int sp = 1;
+        while (sp < 8 && ctas * sp * 2 <= sms && kBlocks >= 4 * sp) sp *= 2;
+        return sp;
+    };
+    if (M <= 128) {
+        c.tile = M <= 32 ? 32 : (M <= 64 ? 64 : 128);
+        c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
+        return c;
+    }
+    const long long rounds256 = ceilDiv(static_cast<long long>(tilesN) * ceilDiv(M, 256), sms);
+    const int ctas128 = tilesN * ceilDiv(M, 128);
+    const long long waves128 = ceilDiv(ctas128, sms);
+    if (rounds256 * 256 * 100 <= waves128 * 128 * 112) {
+        c.tile = 256;
+        c.splits = 1;
+    } else {
+        c.tile = 128;
+        c.splits = splitsFor(ctas128);
+    }
+    return c;
+}
+
 }  // namespace
 
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
@@ -672,6 +710,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         return c;
     }
+    if (deviceMajor() == 9) return wgmmaConfig(M, N, K, sms);
     c.kernel = BlockFp8GemmKernel::kTiled;
     if (M <= 64) {
         c.tile = 5;  // 128 x 32, warps side by side along N
@@ -708,7 +747,9 @@ size_t blockFp8WoGemmWorkspace(int M, int N, int K) {
     return blockFp8WoGemmWorkspaceFor(blockFp8WoGemmDefaultConfig(M, N, K), M, N, K);
 }
 
-bool blockFp8WoGemmPrefersDequant(int M, int /*N*/, int /*K*/) { return M >= kDequantMinM; }
+bool blockFp8WoGemmPrefersDequant(int M, int /*N*/, int /*K*/) {
+    return deviceMajor() != 9 && M >= kDequantMinM;  // Hopper: the wgmma kernels beat the split dequantize
+}
 
 cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* Wq, const float* S,
                                      __nv_bfloat16* Y, int M, int N, int K, const BlockFp8GemmConfig& config,

@@ -17,12 +17,16 @@
 //     by s_prev / s_cur (one FP32 multiply per accumulator per K block) when the scale changes, multiplying by the
 //     last scale at the end. This is exact up to FP32 rounding, provided neighbouring block scales of one
 //     128-row block are within ~1e30 of each other (true for any real checkpoint: s = amax / 448).
+//   * the sm_90a wgmma kernels (kWgmma): token tiles 16-128 promote like the streaming kernel; the persistent
+//     256-token kernel rescales like the tiled kernel. Same products, same FP32 accumulation (wgmma, BF16 in).
 // An E4M3 NaN byte (0x7F/0xFF) is not propagated (it decodes to ±480); checkpoints never hold NaN.
 //
-// Only sm_80+ instructions are used (mma.sync bf16, cp.async, fma.rn.bf16x2), so the same source builds for
-// sm_80, sm_90(a), sm_100 and sm_120; on sm_90+ the kernels also use programmatic dependent launch
-// (griddepcontrol, guarded by __CUDA_ARCH__) so that a GEMM's weight prefetch overlaps the previous kernel's tail. The dispatch tables (tile shapes, split-K, strategy thresholds) were
-// measured on H100/H200 (sm_90); other architectures get the same tables, untuned.
+// The portable kernels (kStream, kTiled) use only sm_80+ instructions (mma.sync bf16, cp.async, fma.rn.bf16x2), so
+// the same source builds for sm_80, sm_90(a), sm_100 and sm_120; on sm_90+ every kernel also uses programmatic
+// dependent launch (griddepcontrol, guarded by __CUDA_ARCH__) so that a GEMM's weight prefetch overlaps the previous
+// kernel's tail. kWgmma (TMA, wgmma, setmaxnreg) exists only in sm_90a builds and runs only on sm_90 devices
+// (cudaErrorNotSupported elsewhere). The dispatch tables (tile shapes, split-K, strategy thresholds) were measured
+// on an H200 (sm_90); other architectures get the portable tables, untuned.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -93,8 +97,9 @@ cudaError_t blockFp8Dequantize(const __nv_fp8_e4m3* W, const float* S, __nv_bflo
 cudaError_t blockFp8DequantizeSplit(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,
                                     cudaStream_t stream);
 
-// True where that split-dequantize + cuBLAS path measured faster than our kernels (large M). Callers that own a
-// BF16 GEMM (the torch op, the TensorRT plugin) follow it; blockFp8WoGemm itself always runs our kernels.
+// True where that split-dequantize + cuBLAS path measured faster than our kernels (large M, and never on sm_90,
+// where the wgmma kernels win). Callers that own a BF16 GEMM (the torch op, the TensorRT plugin) follow it;
+// blockFp8WoGemm itself always runs our kernels.
 bool blockFp8WoGemmPrefersDequant(int M, int N, int K);
 
 }  // namespace trt_gemma4

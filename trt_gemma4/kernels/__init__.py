@@ -9,9 +9,9 @@ sub-directory per architecture and torch version.
 ``available()`` says whether that can work here (CUDA torch, a GPU, nvcc); ``unavailable_reason()`` says why not.
 The pure-torch reference (CPU) lives in :mod:`trt_gemma4.kernels.reference`.
 
-:func:`block_fp8_gemm` dispatches: large M goes to the Triton wgmma kernel (:mod:`trt_gemma4.kernels.triton_gemm`)
-where that measured faster and triton is importable on an sm_90 GPU (``TRT_GEMMA4_NO_TRITON=1`` turns it off);
-everything else runs the CUDA op.
+:func:`block_fp8_gemm` runs the CUDA op, whose measured dispatch picks the kernel (on Hopper: register streaming
+for M <= 16, the TMA + wgmma kernels above). The Triton wgmma kernel (:mod:`trt_gemma4.kernels.triton_gemm`) is used
+only with ``TRT_GEMMA4_TRITON_GEMM=1``.
 """
 
 from __future__ import annotations

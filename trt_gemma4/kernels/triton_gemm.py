@@ -1,5 +1,9 @@
 """Block-FP8 weight-only GEMM on Hopper tensor cores (wgmma), written in Triton, for large M.
 
+Superseded in the dispatch by the CUDA sm_90a kernels (``plugins/kernels/block_fp8_gemm_sm90.cu``), which measured
+faster on every shape; kept as a second, independently written implementation (its GPU tests cross-check the
+numerics) and reachable with ``TRT_GEMMA4_TRITON_GEMM=1`` (see :func:`prefers_triton`).
+
 Same problem and numerics as the CUDA kernels (``plugins/kernels/block_fp8_gemm.cuh``)::
 
     Y[M, N] (bf16) = X[M, K] (bf16) · dequant(W[N, K] fp8-e4m3, S[ceil(N/128), ceil(K/128)] fp32)ᵀ
@@ -215,13 +219,14 @@ def default_config(m: int, n: int, k: int) -> TritonGemmConfig:
 
 
 def prefers_triton(m: int, n: int, k: int) -> bool:
-    """True where the Triton path is the one to dispatch for (M, N, K) (the CUDA kernels keep small M).
+    """True where the Triton path is the one to dispatch for (M, N, K); off unless ``TRT_GEMMA4_TRITON_GEMM=1``.
 
-    Only shapes in the measured table: there, from M = 128 the Triton kernel beat the CUDA op on every 12B
-    projection except qkv_global at M = 512 and 2048 (by 6% and 5%); at M = 64 only on the two widest ones. Other
-    shapes (the drafter's) keep the CUDA dispatch until they are measured.
+    The CUDA op's sm_90a TMA + wgmma kernels (plugins/kernels/block_fp8_gemm_sm90.cu) measured faster than this
+    kernel on every 12B shape and M on the same H200 (bench/NOTES_gemm.md, v7-v10), and they are what the TensorRT
+    plugin runs, so the dispatch keeps the CUDA op. With the variable set, the old rule applies: shapes of the
+    measured table from M = 128 (M = 64 on the two widest).
     """
-    if (n, k) not in MEASURED:
+    if os.environ.get("TRT_GEMMA4_TRITON_GEMM") != "1" or (n, k) not in MEASURED:
         return False
     return m >= 128 or (m >= 64 and (n, k) in TRITON_FROM_64)
 
