@@ -64,8 +64,7 @@ struct BlockFp8GemmConfig {
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass
-    int depth = 3;      // stream: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4);
-                        // wgmma tile 256: 2 = converter warps turn FP8 into BF16 fragments, else the consumers do
+    int depth = 3;      // stream only: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4)
 };
 
 // The measured default configuration for a problem size on the current device.

@@ -91,11 +91,10 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, c
 }
 
 // Runs the Hopper wgmma kernels (block_fp8_gemm_sm90.cu) with token tile `tokTile` (16, 32, 64, 128; 256 = the
-// persistent kernel, splits = 1, `variant` 2 = its converter-warp form, else the consumers convert) and `splits`
-// k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by the caller's reduce pass).
-// cudaErrorNotSupported on a device other than sm_90.
+// persistent kernel, splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials
+// [splits][M][N], summed by the caller's reduce pass). cudaErrorNotSupported on a device other than sm_90.
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
-                            int K, int tokTile, int splits, int variant, cudaStream_t stream);
+                            int K, int tokTile, int splits, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace trt_gemma4

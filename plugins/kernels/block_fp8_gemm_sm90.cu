@@ -661,241 +661,6 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// ---- The wide kernel with converter warps (tile 256, depth 2) --------------------------------------------------
-// As wgmmaWideKernel, but the FP8 -> BF16 conversion moves off the consumers' critical path: warps 1-3 of the
-// producer warpgroup (idle in the other kernels) turn each stage's FP8 weight tile into the consumers' exact
-// register fragments in shared memory ([step][consumer thread][4 x 32-bit], so each consumer loads one k step with
-// one conflict-free 16-byte LDS), and signal conv[s]. The consumers then only load, issue wgmmas, and rescale. The
-// price is shared-memory traffic (the 16 KB fragment tile is written and read once per stage) and one stage less.
-struct WideCvtShape {
-    static constexpr int T = 256;
-    static constexpr int STAGES = 4;
-    static constexpr int W_BYTES = kRows * 64;   // 8 KB FP8, 64-byte swizzle (TMA)
-    static constexpr int X_BYTES = T * 128;      // [256][64] bf16, 128-byte swizzle (TMA)
-    static constexpr int F_BYTES = 4 * 256 * 16;  // BF16 fragments [k step][consumer thread][16 B]
-    static constexpr int STAGE = W_BYTES + X_BYTES + F_BYTES;
-    static constexpr int BARS = STAGES * STAGE;
-    static constexpr int SMEM = BARS + 3 * STAGES * 8 + 1024;
-    static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
-    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
-};
-
-__global__ void __launch_bounds__(384, 1)
-    wgmmaWideCvtKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
-                       const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
-                       int tilesT) {
-#ifdef TRT_GEMMA4_SM90A_DEVICE
-    using Sh = WideCvtShape;
-    constexpr int STAGES = Sh::STAGES;
-    constexpr int kGroupN = 8;
-    extern __shared__ uint8_t smemRaw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
-    const uint32_t sbase = smemAddr(smem);
-    const uint32_t fullBar = sbase + Sh::BARS;
-    const uint32_t convBar = fullBar + 8 * STAGES;
-    const uint32_t emptyBar = convBar + 8 * STAGES;
-    const int kStages = (K + 63) / 64;
-    const int kBlocks = (K + kKBlock - 1) / kKBlock;
-    const int tiles = tilesN * tilesT;
-    const int perGroup = kGroupN * tilesT;
-    auto tileOrigin = [&](int tile, int& n0, int& m0) {
-        const int group = tile / perGroup;
-        const int firstN = group * kGroupN;
-        const int groupSize = min(tilesN - firstN, kGroupN);
-        const int local = tile - group * perGroup;
-        n0 = (firstN + local % groupSize) * kRows;
-        m0 = (local / groupSize) * Sh::T;
-    };
-
-    if (threadIdx.x == 0) {
-#pragma unroll 1
-        for (int s = 0; s < STAGES; ++s) {
-            mbarInit(fullBar + 8 * s, 1);
-            mbarInit(convBar + 8 * s, 3);   // one arrival per converter warp
-            mbarInit(emptyBar + 8 * s, 8);  // one arrival per consumer warp
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-
-    const int wg = threadIdx.x >> 7;
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 56;");
-        const int warp = threadIdx.x >> 5;
-        if (warp == 0) {
-            if (threadIdx.x == 0) {  // TMA issue, as in wgmmaWideKernel
-                asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmW)) : "memory");
-                asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmX)) : "memory");
-                int c = 0;
-                bool waited = false;
-#pragma unroll 1
-                for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                    int n0, m0;
-                    tileOrigin(tile, n0, m0);
-#pragma unroll 1
-                    for (int i = 0; i < kStages; ++i, ++c) {
-                        const int s = c % STAGES;
-                        if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
-                        const uint32_t st = sbase + s * Sh::STAGE;
-                        mbarExpectTx(fullBar + 8 * s, Sh::W_BYTES + Sh::X_BYTES);
-                        tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
-                        if (!waited) {
-                            waitForPrerequisite();
-                            waited = true;
-                        }
-                        tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
-                    }
-                }
-            }
-        } else {
-            // Converter q (0..95) produces the fragments of consumer threads q, q + 96 and q + 192 (< 256).
-            const int q = threadIdx.x - 32;
-            const int lane = threadIdx.x & 31;
-            uint32_t rowAddr[3], offs[3][4], sel[3];
-#pragma unroll
-            for (int r = 0; r < 3; ++r) {
-                const int ct = min(q + 96 * r, 255);  // the clamped duplicate (q + 192 >= 256) is never stored
-                const int ccw = ct >> 7, ctid = ct & 127;
-                const int cw4 = ctid >> 5, cg = (ctid & 31) >> 2, ct4 = ctid & 3;
-                rowAddr[r] = (64 * ccw + 16 * cw4 + cg) * 64;
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    offs[r][j] = (static_cast<uint32_t>(j ^ ((cg >> 1) & 3)) << 4) + static_cast<uint32_t>(ct4 >> 1) * 4;
-                sel[r] = (ct4 & 1) ? 0x7362u : 0x5140u;
-            }
-            int c = 0;
-#pragma unroll 1
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                int n0, m0;
-                tileOrigin(tile, n0, m0);
-                const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
-#pragma unroll 1
-                for (int i = 0; i < kStages; ++i, ++c) {
-                    const int s = c % STAGES;
-                    const uint32_t mult = __ldg(sRow + (i >> 1)) != 0.f ? kBf16x2Pow120 : 0u;
-                    const uint32_t st = sbase + s * Sh::STAGE;
-                    mbarWait(fullBar + 8 * s, (c / STAGES) & 1);
-#pragma unroll
-                    for (int r = 0; r < 3; ++r) {
-                        if (q + 96 * r < 256) {
-                            uint32_t f[4][4];
-                            loadWeightFrags<4, 64>(f, st + rowAddr[r], offs[r], sel[r], mult);
-#pragma unroll
-                            for (int j = 0; j < 4; ++j) {
-                                const uint32_t dst = st + Sh::W_BYTES + Sh::X_BYTES + (j * 256 + q + 96 * r) * 16;
-                                asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "r"(f[j][0]),
-                                             "r"(f[j][1]), "r"(f[j][2]), "r"(f[j][3])
-                                             : "memory");
-                            }
-                        }
-                    }
-                    __syncwarp();
-                    if (lane == 0) mbarArrive(convBar + 8 * s);
-                }
-            }
-        }
-        allowDependents();
-        return;
-    }
-
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;");
-    const int cw = wg - 1;
-    const int tid = threadIdx.x & 127;
-    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const uint32_t fragBase = (cw * 128 + tid) * 16;
-    waitForPrerequisite();
-
-    float acc[Sh::T / 2];
-    uint32_t fragA[4][4], fragB[4][4];
-    int c = 0;
-    if (cw == 1) passTurn(cw);
-    auto loadFrags = [&](uint32_t (&f)[4][4], int stage) {
-        const uint32_t base = sbase + stage * Sh::STAGE + Sh::W_BYTES + Sh::X_BYTES + fragBase;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                         : "=r"(f[j][0]), "=r"(f[j][1]), "=r"(f[j][2]), "=r"(f[j][3])
-                         : "r"(base + j * 256 * 16));
-    };
-#pragma unroll 1
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int n0, m0;
-        tileOrigin(tile, n0, m0);
-        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
-#pragma unroll
-        for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
-        float unit = 0.f;
-        const int kBlocksTile = (kStages + 1) / 2;
-#pragma unroll 1
-        for (int kb = 0; kb < kBlocksTile; ++kb) {
-            const float sc = __ldg(sRow + kb);
-            const bool two = 2 * kb + 1 < kStages;
-            const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
-            if (sc != 0.f && sc != unit) {
-                if (unit != 0.f) {
-                    const float ratio = unit / sc;
-#pragma unroll
-                    for (int r = 0; r < Sh::T / 2; ++r) acc[r] *= ratio;
-                }
-                unit = sc;
-            }
-            mbarWait(convBar + 8 * s0, (c / STAGES) & 1);
-            mbarWait(fullBar + 8 * s0, (c / STAGES) & 1);  // completed already; orders the TMA'd tokens too
-            loadFrags(fragA, s0);
-            fenceRegs(acc);
-            waitTurn(cw);
-            wgmmaFence();
-            {
-                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, fragA[j], descSw128(xs + j * 32), 1);
-            }
-            wgmmaCommit();
-            if (two) {
-                mbarWait(convBar + 8 * s1, ((c + 1) / STAGES) & 1);
-                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
-                loadFrags(fragB, s1);
-                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
-                wgmmaFence();
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, fragB[j], descSw128(xs + j * 32), 1);
-                wgmmaCommit();
-            }
-            passTurn(cw);
-            wgmmaWaitAll();
-            fenceRegs(acc);
-            fenceFrags(fragA);
-            fenceFrags(fragB);
-            __syncwarp();
-            if (lane == 0) {
-                mbarArrive(emptyBar + 8 * s0);
-                if (two) mbarArrive(emptyBar + 8 * s1);
-            }
-            c += two ? 2 : 1;
-        }
-        const int n = n0 + 64 * cw + 16 * w4 + g;
-#pragma unroll
-        for (int j = 0; j < Sh::T / 8; ++j) {
-            const int m = m0 + 8 * j + 2 * t;
-            if (m < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
-            }
-            if (m + 1 < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
-            }
-        }
-    }
-    if (cw == 0) waitTurn(cw);
-    allowDependents();
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-    __trap();
-#endif
-}
-
 // ---- host ------------------------------------------------------------------------------------------------------
 
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -926,7 +691,7 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
 }
 
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
-                       bool converterWarps, cudaStream_t stream) {
+                       cudaStream_t stream) {
     CUtensorMap tmW, tmX;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
@@ -938,12 +703,11 @@ cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y,
     int dev = 0, sms = 132;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     const int grid = static_cast<int>(std::min<long long>(tiles, sms));
-    auto* kernel = converterWarps ? wgmmaWideCvtKernel : wgmmaWideKernel;
-    const int smem = converterWarps ? WideCvtShape::SMEM : WideShape::SMEM;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
     if (err != cudaSuccess) return err;
-    return launch(kernel, dim3(grid), 384, smem, stream, tmW, tmX, S, static_cast<__nv_bfloat16*>(Y), M, N, K,
-                  tilesN, tilesT);
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
 }
 
 template <int T>
@@ -968,7 +732,7 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
 }  // namespace
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
-                            int K, int tokTile, int splits, int variant, cudaStream_t stream) {
+                            int K, int tokTile, int splits, cudaStream_t stream) {
     if (deviceMajor() != 9) return cudaErrorNotSupported;
     if (tensorMapEncoder() == nullptr) return cudaErrorNotSupported;
     if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
@@ -979,7 +743,7 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
         case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
-            return launchWide(X, W, S, Y, M, N, K, variant == 2, stream);
+            return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
 }
