@@ -391,8 +391,8 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                         continue
                     for sp in (1, 2, 4, 8):
                         cands.append((3, tile, 1, 1, sp, 2))
-                if m >= 128:  # persistent, no split-K; alone (256) or in CTA pairs multicasting tokens (512)
-                    cands += [(3, 256, 1, 1, 1, 2), (3, 512, 1, 1, 1, 2)]
+                if m >= 128:
+                    cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
             if args.tune_only_wgmma:
                 cands = [c for c in cands if c[0] == 3] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
             timings = []

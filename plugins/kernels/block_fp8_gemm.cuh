@@ -60,8 +60,7 @@ constexpr int kBlockFp8TiledTiles = 6;
 struct BlockFp8GemmConfig {
     BlockFp8GemmKernel kernel = BlockFp8GemmKernel::kStream;
     int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above);
-                        // wgmma: tokens per CTA (16, 32, 64, 128; 256 = the persistent kernel; 512 = that kernel
-                        // in CTA pairs that multicast the token tile); a CTA always covers 128 weight rows
+                        // wgmma: tokens per CTA (16, 32, 64, 128; the CTA always covers 128 weight rows)
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass

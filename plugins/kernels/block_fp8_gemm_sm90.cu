@@ -104,45 +104,6 @@ __device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, 
         : "memory");
 }
 
-// The same, multicast: the box lands at the same shared-memory offset in every CTA of ctaMask, completing the
-// transaction bytes of the mbarrier at the same offset in each.
-__device__ __forceinline__ void tmaLoad2dMulticast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
-                                                   uint16_t ctaMask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(ctaMask)
-        : "memory");
-}
-
-__device__ __forceinline__ uint32_t clusterRank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void clusterSync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-// Arrive on the mbarrier at the same offset in CTA `rank` of the cluster.
-__device__ __forceinline__ void mbarArriveRemote(uint32_t bar, uint32_t rank) {
-    asm volatile(
-        "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-        "r"(rank)
-        : "memory");
-}
-__device__ __forceinline__ void mbarWaitCluster(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-
 __device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
@@ -515,11 +476,6 @@ struct WideShape {
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 
-// CLUSTER = 2: CTA pairs (a cluster) take the two weight-row tiles of one 256-row pair with the same tokens; each
-// CTA loads half of the token tile and multicasts it to both, which halves the token bytes each SM pulls from L2
-// (the token tile is 32 of a stage's 40 KB). A stage is then refilled only when the consumers of both CTAs have
-// released it (empty barriers count the peer's 8 warps too, arriving remotely).
-template <int CLUSTER>
 __global__ void __launch_bounds__(384, 1)
     wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
@@ -527,7 +483,7 @@ __global__ void __launch_bounds__(384, 1)
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WideShape;
     constexpr int STAGES = Sh::STAGES;
-    constexpr int kGroupN = 8 / CLUSTER;  // groups of 8 weight-row tiles, in units of CTA clusters
+    constexpr int kGroupN = 8;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
     const uint32_t sbase = smemAddr(smem);
@@ -535,19 +491,14 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t emptyBar = fullBar + 8 * STAGES;
     const int kStages = (K + 63) / 64;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
-    // Work units: clusters walk the tiles of CLUSTER x 128 weight rows x 256 tokens, CTA `rank` taking the rank-th
-    // 128-row half (rows past N are zero-filled by TMA and never stored).
-    const int rank = CLUSTER > 1 ? static_cast<int>(clusterRank()) : 0;
-    const int unit0 = static_cast<int>(blockIdx.x) / CLUSTER, units = static_cast<int>(gridDim.x) / CLUSTER;
-    const int tilesU = (tilesN + CLUSTER - 1) / CLUSTER;
-    const int tiles = tilesU * tilesT;
+    const int tiles = tilesN * tilesT;
     const int perGroup = kGroupN * tilesT;
     auto tileOrigin = [&](int tile, int& n0, int& m0) {
         const int group = tile / perGroup;
-        const int firstU = group * kGroupN;
-        const int groupSize = min(tilesU - firstU, kGroupN);
+        const int firstN = group * kGroupN;
+        const int groupSize = min(tilesN - firstN, kGroupN);
         const int local = tile - group * perGroup;
-        n0 = ((firstU + local % groupSize) * CLUSTER + rank) * kRows;
+        n0 = (firstN + local % groupSize) * kRows;
         m0 = (local / groupSize) * Sh::T;
     };
 
@@ -555,15 +506,11 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll 1
         for (int s = 0; s < STAGES; ++s) {
             mbarInit(fullBar + 8 * s, 1);
-            mbarInit(emptyBar + 8 * s, 8 * CLUSTER);
+            mbarInit(emptyBar + 8 * s, 8);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    if constexpr (CLUSTER > 1) {
-        clusterSync();  // the peer's barriers exist before anything multicasts or arrives there
-    } else {
-        __syncthreads();
-    }
+    __syncthreads();
 
     const int wg = threadIdx.x >> 7;
     if (wg == 0) {
@@ -574,19 +521,13 @@ __global__ void __launch_bounds__(384, 1)
             int c = 0;  // stage counter, continuous across tiles
             bool waited = false;
 #pragma unroll 1
-            for (int tile = unit0; tile < tiles; tile += units) {
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 int n0, m0;
                 tileOrigin(tile, n0, m0);
 #pragma unroll 1
                 for (int i = 0; i < kStages; ++i, ++c) {
                     const int s = c % STAGES;
-                    if (c >= STAGES) {
-                        if constexpr (CLUSTER > 1) {
-                            mbarWaitCluster(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
-                        } else {
-                            mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
-                        }
-                    }
+                    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
                     const uint32_t st = sbase + s * Sh::STAGE;
                     mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
                     tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
@@ -594,19 +535,11 @@ __global__ void __launch_bounds__(384, 1)
                         waitForPrerequisite();
                         waited = true;
                     }
-                    if constexpr (CLUSTER > 1) {
-                        constexpr int half = Sh::T / CLUSTER;
-                        tmaLoad2dMulticast(st + Sh::W_BYTES + rank * half * 128, &tmX, i * 64, m0 + rank * half,
-                                           fullBar + 8 * s, static_cast<uint16_t>((1u << CLUSTER) - 1));
-                    } else {
-                        tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
-                    }
+                    tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
                 }
             }
         }
-        __syncwarp();  // warp 0 reconverges (lane 0 issued the copies) before the aligned cluster barrier
         allowDependents();
-        if constexpr (CLUSTER > 1) clusterSync();  // stay until the peer is done with this CTA's barriers
         return;
     }
 
@@ -633,11 +566,10 @@ __global__ void __launch_bounds__(384, 1)
     int c = 0;
     if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
 #pragma unroll 1
-    for (int tile = unit0; tile < tiles; tile += units) {
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         int n0, m0;
         tileOrigin(tile, n0, m0);
-        // Rows past N (the second CTA of a pair at the edge): zero weights from TMA, scales of a valid block.
-        const float* sRow = S + static_cast<size_t>(min(n0, N - 1) / kRows) * kBlocks;
+        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
 #pragma unroll
         for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
         float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
@@ -692,14 +624,6 @@ __global__ void __launch_bounds__(384, 1)
             if (lane == 0) {
                 mbarArrive(emptyBar + 8 * s0);
                 if (two) mbarArrive(emptyBar + 8 * s1);
-                if constexpr (CLUSTER > 1) {  // the peer multicasts into this stage too
-#pragma unroll
-                    for (int r = 0; r < CLUSTER; ++r) {
-                        if (r == rank) continue;
-                        mbarArriveRemote(emptyBar + 8 * s0, r);
-                        if (two) mbarArriveRemote(emptyBar + 8 * s1, r);
-                    }
-                }
             }
             c = cn;
         };
@@ -732,7 +656,6 @@ __global__ void __launch_bounds__(384, 1)
     }
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
-    if constexpr (CLUSTER > 1) clusterSync();
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
     __trap();
 #endif
@@ -767,61 +690,24 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The persistent 256-token kernel; cluster = 2 pairs CTAs to multicast the token tile (see wgmmaWideKernel).
-cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K, int cluster,
+cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
                        cudaStream_t stream) {
     CUtensorMap tmW, tmX;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T / cluster,
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
                        CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
-    const long long units = static_cast<long long>((tilesN + cluster - 1) / cluster) * tilesT;
-    if (units * cluster > 2147483647ll) return cudaErrorInvalidValue;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    if (tiles > 2147483647ll) return cudaErrorInvalidValue;
     int dev = 0, sms = 132;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    auto* kernel = cluster == 2 ? wgmmaWideKernel<2> : wgmmaWideKernel<1>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
+    const int grid = static_cast<int>(std::min<long long>(tiles, sms));
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
     if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t cfg = {};
-    cfg.blockDim = dim3(384);
-    // A persistent grid must be co-resident: CTA pairs need two free SMs of one GPC, so ask how many fit.
-    long long slots = sms / cluster;
-    if (cluster > 1) {
-        cudaLaunchAttribute ca;
-        ca.id = cudaLaunchAttributeClusterDimension;
-        ca.val.clusterDim.x = static_cast<unsigned>(cluster);
-        ca.val.clusterDim.y = 1;
-        ca.val.clusterDim.z = 1;
-        cfg.gridDim = dim3(static_cast<unsigned>(slots * cluster));
-        cfg.dynamicSmemBytes = WideShape::SMEM;
-        cfg.attrs = &ca;
-        cfg.numAttrs = 1;
-        int active = 0;
-        err = cudaOccupancyMaxActiveClusters(&active, kernel, &cfg);
-        if (err != cudaSuccess) return err;
-        if (active < 1) return cudaErrorNotSupported;
-        slots = std::min<long long>(slots, active);
-    }
-    const int grid = static_cast<int>(std::min<long long>(units, slots)) * cluster;
-    cfg.gridDim = dim3(grid);
-    cfg.dynamicSmemBytes = WideShape::SMEM;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
-    int n = 0;
-    if (usePdl()) {
-        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[n].val.programmaticStreamSerializationAllowed = 1;
-        ++n;
-    }
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = static_cast<unsigned>(cluster);
-    attr[n].val.clusterDim.y = 1;
-    attr[n].val.clusterDim.z = 1;
-    ++n;
-    cfg.attrs = attr;
-    cfg.numAttrs = n;
-    return cudaLaunchKernelEx(&cfg, kernel, tmW, tmX, S, static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
 }
 
 template <int T>
@@ -857,10 +743,7 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
         case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
-            return launchWide(X, W, S, Y, M, N, K, 1, stream);
-        case 512:  // the 256-token kernel in CTA pairs (token tile multicast); the CTA tile stays 128 x 256
-            if (splits != 1) return cudaErrorInvalidValue;
-            return launchWide(X, W, S, Y, M, N, K, 2, stream);
+            return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
 }
