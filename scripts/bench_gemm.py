@@ -2,11 +2,12 @@
 """Benchmark the block-FP8 weight-only GEMM against cuBLAS BF16 and the other references, on one GPU.
 
 Columns per (shape, M):
-  ours        trt_gemma4.kernels.block_fp8_gemm, the dispatched path (CUDA kernels for small M, the Triton wgmma
-              kernel where trt_gemma4.kernels.triton_gemm.prefers_triton says so)
-  cuda        the CUDA op trt_gemma4::block_fp8_gemm alone (its own dispatch, incl. split-dequantize + cuBLAS)
-  triton      the Triton kernel alone with its default configuration; --triton-sweep also times every
-              configuration of triton_gemm.CONFIGS and reports the fastest
+  ours        trt_gemma4.kernels.block_fp8_gemm, the dispatched path (the CUDA op; the Triton kernel only with
+              TRT_GEMMA4_TRITON_GEMM=1)
+  cuda        the CUDA op trt_gemma4::block_fp8_gemm alone (its own dispatch: on sm_90 streaming for M <= 16, the
+              wgmma kernels above; elsewhere split-dequantize + cuBLAS from M = 512)
+  triton      the Triton kernel alone with its default configuration (not dispatched; --no-triton skips it);
+              --triton-sweep also times every configuration of triton_gemm.CONFIGS and reports the fastest
   bf16        cuBLAS BF16: F.linear on the dequantized BF16 weight (same function)
   speedup     bf16 / ours
   GB/s        FP8 weight bytes / ours, and that as a fraction of the device copy bandwidth measured in this run
@@ -241,7 +242,7 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
             t_bf16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in wd])
             t_triton, triton_err, sweep = None, None, {}
             use_triton = triton_gemm.available() and triton_gemm.prefers_triton(m, n, k)
-            if triton_gemm.available():
+            if triton_gemm.available() and not args.no_triton:
                 triton_err = rel_err(triton_gemm.block_fp8_gemm_triton(x, q0, s0), ref)
                 t_triton = time_graph(
                     [lambda q=q, s=s, x=x: triton_gemm.block_fp8_gemm_triton(x, q, s) for q, s in zip(qs, ss)]
@@ -436,6 +437,7 @@ def main() -> None:
     p.add_argument("--stack-ms", type=int, nargs="*", default=[1, 32], help="token counts for the whole stack")
     p.add_argument("--triton-sweep", action="store_true", help="time every Triton configuration per (shape, M)")
     p.add_argument("--quick", action="store_true", help="skip the dq+bf16, w8a8 and CUDA-kernel-alone columns")
+    p.add_argument("--no-triton", action="store_true", help="skip the Triton kernel's column (not dispatched)")
     args = p.parse_args()
 
     if not kernels.available():
