@@ -34,6 +34,7 @@ from typing import Any
 
 from trt_gemma4 import __version__
 from trt_gemma4.errors import Gemma4Error
+from trt_gemma4.fsutil import replace_dir
 from trt_gemma4.plan import Plan, load_preset, make_plan, plan_arguments
 from trt_gemma4.plugins import LIBRARY_NAME
 
@@ -379,10 +380,8 @@ def run_build(
                 stage,
                 log,
             )
-            if out.exists():
-                shutil.rmtree(out)
             os.chmod(staging, 0o755)
-            os.rename(staging, out)
+            replace_dir(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

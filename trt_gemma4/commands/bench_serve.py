@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from trt_gemma4.client import make_client
     from trt_gemma4.client.bench import BenchConfig, run_bench
     from trt_gemma4.errors import Gemma4Error
+    from trt_gemma4.fsutil import write_text_atomic
 
     if args.concurrency < 1 or not 1 <= args.requests <= 100_000 or args.duration <= 0 or args.max_tokens < 1:
         raise Gemma4Error("--concurrency >= 1, 1 <= --requests <= 100000, --duration > 0 and --max-tokens >= 1")
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(cfg, progress=progress)
     text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_text_atomic(Path(args.out), text + "\n")
     s = report["summary"]
     print(
         f"{report['completed']} requests ({report['failed']} failed) in {s['wall_s']:.2f} s at concurrency "

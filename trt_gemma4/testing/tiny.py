@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_gemma4.errors import MissingToolError
+from trt_gemma4.fsutil import replace_dir
 
 ROPE = {
     "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
@@ -336,9 +337,7 @@ def make_tiny(
         elif config_form != "per_layer":
             raise ValueError(f"unknown config form {config_form!r}")
         write_tokenizer(tmp, SHAPES[shape].vocab_size)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -387,9 +386,7 @@ def make_tiny_drafter(out: str | Path, *, shape: str = "main", seed: int = 0) ->
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # transformers' shard-writing progress bar
             model.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_gemma4.errors import Gemma4Error
+from trt_gemma4.fsutil import replace_dir
 from trt_gemma4.triton.validate import parse_config, validate_repository
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
@@ -394,9 +395,7 @@ def write_repository(plan: ServingPlan, out: str | Path, *, overwrite: bool = Fa
             "models": sorted(models),
         }
         (tmp / "package.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
