@@ -125,7 +125,7 @@ def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
 @pytest.mark.parametrize("tile", [16, 128, 256])
 def test_wgmma_zero_scale_blocks(tile: int) -> None:
-    """All-zero weight blocks (s = 0) between live ones: the 256-token kernel skips them in its rescaling."""
+    """All-zero weight blocks (s = 0) between live ones: the 256-token kernel must leave them out of its rescaling."""
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     m, n, k = 300, 384, 1040
     x, w, s = random_problem(m, n, k, gen)

@@ -710,7 +710,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         return c;
     }
-    if (deviceMajor() == 9) return wgmmaConfig(M, N, K, sms);
+    if (wgmmaAvailable()) return wgmmaConfig(M, N, K, sms);
     c.kernel = BlockFp8GemmKernel::kTiled;
     if (M <= 64) {
         c.tile = 5;  // 128 x 32, warps side by side along N
@@ -748,7 +748,7 @@ size_t blockFp8WoGemmWorkspace(int M, int N, int K) {
 }
 
 bool blockFp8WoGemmPrefersDequant(int M, int /*N*/, int /*K*/) {
-    return deviceMajor() != 9 && M >= kDequantMinM;  // Hopper: the wgmma kernels beat the split dequantize
+    return !wgmmaAvailable() && M >= kDequantMinM;  // Hopper: the wgmma kernels beat the split dequantize
 }
 
 cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* Wq, const float* S,

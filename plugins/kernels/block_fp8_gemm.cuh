@@ -18,15 +18,19 @@
 //     last scale at the end. This is exact up to FP32 rounding, provided neighbouring block scales of one
 //     128-row block are within ~1e30 of each other (true for any real checkpoint: s = amax / 448).
 //   * the sm_90a wgmma kernels (kWgmma): token tiles 16-128 promote like the streaming kernel; the persistent
-//     256-token kernel rescales like the tiled kernel. Same products, same FP32 accumulation (wgmma, BF16 in).
+//     256-token kernel rescales like the tiled kernel (same range condition). Same products, same FP32
+//     accumulation (wgmma, BF16 in).
 // An E4M3 NaN byte (0x7F/0xFF) is not propagated (it decodes to ±480); checkpoints never hold NaN.
 //
 // The portable kernels (kStream, kTiled) use only sm_80+ instructions (mma.sync bf16, cp.async, fma.rn.bf16x2), so
 // the same source builds for sm_80, sm_90(a), sm_100 and sm_120; on sm_90+ every kernel also uses programmatic
 // dependent launch (griddepcontrol, guarded by __CUDA_ARCH__) so that a GEMM's weight prefetch overlaps the previous
-// kernel's tail. kWgmma (TMA, wgmma, setmaxnreg) exists only in sm_90a builds and runs only on sm_90 devices
-// (cudaErrorNotSupported elsewhere). The dispatch tables (tile shapes, split-K, strategy thresholds) were measured
-// on an H200 (sm_90); other architectures get the portable tables, untuned.
+// kernel's tail: every kernel reads W and S BEFORE waiting for the previous kernel in the stream, so W and S must
+// not be written by the kernel launched just before the GEMM (constant weights; TRT_GEMMA4_NO_PDL=1 turns PDL off
+// for callers that quantize on the fly). kWgmma (TMA, wgmma, setmaxnreg) exists only in sm_90a builds and runs only
+// on sm_90 devices (cudaErrorNotSupported elsewhere; the default dispatch then keeps the portable kernels). The
+// dispatch tables (tile shapes, split-K, strategy thresholds) were measured on an H200 (sm_90); other architectures
+// get the portable tables, untuned.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,7 +46,7 @@ enum class BlockFp8GemmKernel : int {
     kStream = 1,  // register-only weight streaming, weights straight from HBM into mma fragments (small M)
     kTiled = 2,   // cp.async multi-stage shared-memory tiles (larger M)
     kWgmma = 3,   // sm_90a only: TMA + warp-specialized wgmma, weights widened once per CTA tile
-                  // (block_fp8_gemm_sm90.cu); `tile` is the token tile: 16, 32, 64 or 128
+                  // (block_fp8_gemm_sm90.cu); `tile` is the token tile: 16, 32, 64, 128 or 256
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.
@@ -60,7 +64,8 @@ constexpr int kBlockFp8TiledTiles = 6;
 struct BlockFp8GemmConfig {
     BlockFp8GemmKernel kernel = BlockFp8GemmKernel::kStream;
     int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above);
-                        // wgmma: tokens per CTA (16, 32, 64, 128; the CTA always covers 128 weight rows)
+                        // wgmma: tokens per CTA (16, 32, 64, 128; 256 = the persistent kernel, splits = 1);
+                        // a CTA always covers 128 weight rows
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass

@@ -90,9 +90,13 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, c
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
 }
 
-// Runs the Hopper wgmma kernels (block_fp8_gemm_sm90.cu) with token tile `tokTile` (16, 32, 64, 128; 256 = the
-// persistent kernel, splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials
-// [splits][M][N], summed by the caller's reduce pass). cudaErrorNotSupported on a device other than sm_90.
+// True when the Hopper wgmma kernels (block_fp8_gemm_sm90.cu) can run on the current device: an sm_90 GPU, the
+// tensor-map encoder, and kernel code built for sm_90a (checked once per device; host queries only).
+bool wgmmaAvailable();
+
+// Runs the Hopper wgmma kernels with token tile `tokTile` (16, 32, 64, 128; 256 = the persistent kernel,
+// splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by
+// the caller's reduce pass). cudaErrorNotSupported where wgmmaAvailable() is false.
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                             int K, int tokTile, int splits, cudaStream_t stream);
 

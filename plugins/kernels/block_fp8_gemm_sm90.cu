@@ -36,8 +36,10 @@
 // tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all out). Split-K: CTA z takes a contiguous
 // range of k-blocks and writes FP32 partials; the reduce pass of block_fp8_gemm.cu sums them.
 //
-// The kernel body exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL); other targets compile an
-// empty kernel and the host side refuses to launch it off sm_90.
+// The kernel body exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL); any other device compile
+// traps. The host side (wgmmaAvailable) launches only on an sm_90 device whose loaded image was compiled from
+// PTX 9.0 or later; a plain sm_90 (non-"a") build passes that check and traps loudly (our build paths always
+// use sm_90a).
 #include "block_fp8_gemm.cuh"
 #include "block_fp8_gemm_detail.cuh"
 
@@ -45,6 +47,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace trt_gemma4 {
@@ -444,8 +447,8 @@ __global__ void __launch_bounds__(384, 1)
             }
         }
     }
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
-    __trap();  // an sm_90 (not sm_90a) build has no wgmma: fail loudly instead of leaving Y unwritten
+#elif defined(__CUDA_ARCH__)
+    __trap();  // no sm_90a code in this image (e.g. a plain sm_90 build): fail loudly, never leave Y unwritten
 #endif
 }
 
@@ -455,9 +458,10 @@ __global__ void __launch_bounds__(384, 1)
 //    tensor work, and the shared-memory traffic per FLOP (TMA writes + fragment loads + the wgmma's B reads) drops
 //    to what the smem port sustains;
 //  * the accumulator is kept in units of the current block scale (acc *= s_prev / s_cur when the k-block's scale
-//    changes, acc *= s_last at the end; k-blocks with s = 0 are skipped), so one 128-register accumulator holds the
-//    whole 64x256 tile: exact up to FP32 rounding while neighbouring block scales of one 128-row block are within
-//    ~1e30 of each other (s = amax / 448 for real checkpoints);
+//    changes, acc *= s_last at the end; k-blocks with s = 0 contribute zero fragments and leave the unit alone), so
+//    one 128-register accumulator holds the whole 64x256 tile: exact up to FP32 rounding as long as acc / s stays in
+//    the FP32 range for every nonzero block scale s of the row block (true for s = amax / 448 of real weights; a
+//    quantizer that stores a denormal-sized scale for an all-zero block would overflow it);
 //  * persistent CTAs (one per SM) walk the tiles in the grouped order; the producer runs into the next tile while
 //    the consumers store the last one, so neither the pipeline fill nor the epilogue leaves the tensor cores idle
 //    between tiles.
@@ -656,7 +660,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+#elif defined(__CUDA_ARCH__)
     __trap();
 #endif
 }
@@ -731,10 +735,29 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
 
 }  // namespace
 
+bool wgmmaAvailable() {
+    // Per device, once: an sm_90 device, the driver's tensor-map encoder, and kernel code built from PTX >= 9.0 (a
+    // PTX-only build for an older target JIT-compiled on Hopper would have no kernel body). Host queries only, so
+    // it is safe inside CUDA graph capture.
+    static std::atomic<int> known[64];  // 0 unknown, 1 yes, 2 no
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    std::atomic<int>* slot = dev >= 0 && dev < 64 ? &known[dev] : nullptr;
+    if (slot != nullptr && slot->load(std::memory_order_relaxed) != 0) return slot->load() == 1;
+    bool ok = deviceMajor() == 9 && tensorMapEncoder() != nullptr;
+    if (ok) {
+        cudaFuncAttributes attr{};
+        ok = cudaFuncGetAttributes(&attr, wgmmaGemmKernel<16>) == cudaSuccess && attr.ptxVersion >= 90 &&
+             attr.binaryVersion >= 90;
+        if (!ok) (void)cudaGetLastError();  // a missing kernel image must not stick to the next call's status
+    }
+    if (slot != nullptr) slot->store(ok ? 1 : 2);
+    return ok;
+}
+
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                             int K, int tokTile, int splits, cudaStream_t stream) {
-    if (deviceMajor() != 9) return cudaErrorNotSupported;
-    if (tensorMapEncoder() == nullptr) return cudaErrorNotSupported;
+    if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
     switch (tokTile) {
         case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, stream);

@@ -214,7 +214,9 @@ int32_t BlockFp8WoGemmPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
         return 0;
     int32_t const n = mFields.outFeatures;
     int32_t const k = mFields.inFeatures;
-    // The bytes this M needs; getWorkspaceSize allocated the maximum over the profile's M.
+    // The bytes this M needs; getWorkspaceSize allocated the maximum over the profile's M. The split-K choice
+    // depends on the GPU's SM count, so this holds on the GPU model the engine was built for (TensorRT engines are
+    // specific to it anyway); a GPU with more SMs could need more than was allocated for some M.
     size_t const wsBytes = blockFp8WoGemmWorkspace(static_cast<int>(m), n, k);
     cudaError_t const status = blockFp8WoGemm(static_cast<__nv_bfloat16 const*>(inputs[kX]),
         static_cast<__nv_fp8_e4m3 const*>(inputs[kW]), static_cast<float const*>(inputs[kS]),
