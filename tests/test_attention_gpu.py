@@ -128,6 +128,27 @@ def test_global_long_decode_split_k(dtype: str, decode_impl: str) -> None:
         assert err < OUT_TOL, f"q_lens {q_lens}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype", list(POOL_DTYPES))
+def test_global_decode_ring_that_never_wraps(dtype: str, decode_impl: str) -> None:
+    """The TensorRT plugin passes a global layer's ring length (max_seq_len, longer than any sequence): such a ring
+    never wraps and is read like the linear cache (v4 takes its linear loader for it)."""
+    hq, d, hs, tpb = GLOBAL_DIMS["12b"]
+    gen = torch.Generator().manual_seed(12)
+    kv = [3000, 129, 64, 1100]
+    ring = 4096  # >= every position, as max_seq_len is in an engine
+
+    def make(dev: str) -> KVPool:
+        blocks = sum(-(-(k + 3) // tpb) for k in kv) + 2
+        return make_pool(d // hs, hs, tpb, blocks, POOL_DTYPES[dtype], cyclic_len=ring, device=dev)
+
+    cpu, gpu = twin_pools(make, True, gen)
+    offsets = shuffled_offsets(cpu, [k + 3 for k in kv], gen)
+    for q_lens in ([1] * 4, [2, 1, 1, 1]):
+        kv = [k + n for k, n in zip(kv, q_lens)]
+        err = run_global(cpu, gpu, offsets, q_lens, kv, hq, d, gen, 1.0, 1.0)
+        assert err < OUT_TOL, f"q_lens {q_lens}: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("tpb", [16, 32, 128])
 @pytest.mark.parametrize("hq", [16, 8])
 @pytest.mark.parametrize("dtype", list(POOL_DTYPES))

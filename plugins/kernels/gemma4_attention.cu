@@ -817,9 +817,10 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
     // The staging area becomes the S partials: the first writes come after barrier (1) of tile 0.
 
     // ---- K/V tile loader. Each thread copies the same 16-byte column chunk of rows ld_row + kRowsPerPass * k
-    // (FP8: 16 rows per pass, 4 passes). Linear cache (every global layer): per pass one block-table entry for K and
-    // one for V (the same address across the pass: L1 broadcast) and one 32x32 -> 64-bit multiply-add per copy;
-    // masked rows read a clamped, valid entry and copy 0 bytes (zero fill). A ring (cyclic_len > 0) takes v3's path.
+    // (FP8: 16 rows per pass, 4 passes). Linear cache, or a ring not yet wrapped (every global layer): per pass one
+    // block-table entry for K and one for V (the same address across the pass: L1 broadcast) and one 32x32 -> 64-bit
+    // multiply-add per copy; masked rows read a clamped, valid entry and copy 0 bytes (zero fill). A wrapping ring
+    // (the drafter's reads of a sliding pool) takes v3's path.
     constexpr int kChunksPerRow = D * C::kEsz / 16;
     static_assert(kDecThreads % kChunksPerRow == 0, "a row's chunks must divide the CTA");
     constexpr int kRowsPerPass = kDecThreads / kChunksPerRow;
@@ -835,6 +836,9 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
     const int32_t* v_offsets = k_offsets + A.max_blocks;
     const int t_mask = (1 << A.t_shift) - 1;
     const int cyc = A.cyclic_len;
+    // A ring the sequence has not wrapped (the TensorRT plugin passes a global layer's ring length, max_seq_len, so
+    // every global layer's ring) is addressed exactly like the linear cache: slot = position. CTA-uniform.
+    const bool linear = cyc == 0 || j_hi < cyc;
     // opaque(): the compiler otherwise re-derives these pointers from their 64-bit parts in every pass (4 extra
     // instructions per address); opaque, each address below is one IMAD.WIDE.U32 off a fixed base.
     const uint8_t* layer_base = opaque(A.pool + static_cast<int64_t>(A.lip2) * A.unit_bytes + ld_dim_off);
@@ -846,7 +850,7 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
         uint8_t* k_dst = kv_s + st * C::kStageBytes + ld_row * C::kKvRow + ld_chunk * 16;
         uint8_t* v_dst = k_dst + C::kTileBytes;
         const int j_first = (tile_first + my_first + t) * kBN + ld_row;
-        if (cyc == 0) {
+        if (linear) {
 #pragma unroll
             for (int k = 0; k < kBN / kRowsPerPass; ++k) {
                 // Unsigned 32-bit indices and offsets (all non-negative): single IMAD.WIDE.U32 address steps.
