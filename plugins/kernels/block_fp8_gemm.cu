@@ -582,12 +582,6 @@ __global__ void dequantSplitKernel(const uint8_t* __restrict__ W, const float* _
 // --------------------------------------------------------------------------------------------------------------
 // Host side.
 
-int smCount() {
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    return sms;
-}
-
 int ceilDiv(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -66,6 +66,13 @@ inline int deviceMajor() {
     return major;
 }
 
+// Multiprocessors of the current device (132, an H100/H200's count, if the query fails).
+inline int smCount() {
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    return sms;
+}
+
 // Programmatic dependent launch is used on sm_90+ unless TRT_GEMMA4_NO_PDL=1 (debugging aid).
 inline bool usePdl() {
     static const bool envOff = [] {

@@ -270,6 +270,46 @@ __device__ __forceinline__ void fenceFrags(uint32_t (&r)[STEPS][4]) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r[j][i])::"memory");
 }
+
+// ---- Kernel scaffolding shared by both kernels ------------------------------------------------------------------
+// The dynamic shared memory, aligned to 1024 bytes (the 128-byte swizzle repeats every 8 rows of 128 bytes).
+__device__ __forceinline__ uint8_t* alignedSmem(uint8_t* raw) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+}
+
+// Grouped rasterization: consecutive tile indices take kGroupN weight-row tiles x all token tiles, so a wave (or
+// a round of persistent CTAs) shares a few weight tiles and a few token tiles through L2 instead of streaming one of
+// them whole. Returns the tile's first weight row and first token.
+__device__ __forceinline__ void groupedTileOrigin(int tile, int tilesN, int tilesT, int tokensPerTile, int& n0,
+                                                  int& m0) {
+    constexpr int kGroupN = 8;
+    const int perGroup = kGroupN * tilesT;
+    const int group = tile / perGroup;
+    const int firstN = group * kGroupN;
+    const int groupSize = min(tilesN - firstN, kGroupN);
+    const int local = tile - group * perGroup;
+    n0 = (firstN + local % groupSize) * kRows;
+    m0 = (local / groupSize) * tokensPerTile;
+}
+
+// Thread 0 initialises the stage ring's barriers (full: the producer's arrival + TMA bytes; empty: one arrival per
+// consumer warp), then the whole CTA synchronises.
+__device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages) {
+    if (threadIdx.x == 0) {
+#pragma unroll 1
+        for (int s = 0; s < stages; ++s) {
+            mbarInit(fullBar + 8 * s, 1);
+            mbarInit(emptyBar + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const CUtensorMap* b) {
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(a)) : "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(b)) : "memory");
+}
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
 template <int T>
@@ -281,42 +321,25 @@ __global__ void __launch_bounds__(384, 1)
     using Sh = WgShape<T>;
     constexpr int STAGES = Sh::STAGES;
     extern __shared__ uint8_t smemRaw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
+    uint8_t* smem = alignedSmem(smemRaw);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
     const uint32_t emptyBar = fullBar + 8 * STAGES;
 
-    // Grouped rasterization: consecutive CTAs take kGroupN weight-row tiles x all token tiles, so a wave shares
-    // a few weight tiles and a few token tiles through L2 instead of streaming one of them whole.
-    constexpr int kGroupN = 8;
-    const int perGroup = kGroupN * tilesT;
-    const int group = static_cast<int>(blockIdx.x) / perGroup;
-    const int firstN = group * kGroupN;
-    const int groupSize = min(tilesN - firstN, kGroupN);
-    const int local = static_cast<int>(blockIdx.x) - group * perGroup;
-    const int n0 = (firstN + local % groupSize) * kRows;
-    const int m0 = (local / groupSize) * T;
+    int n0, m0;
+    groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0);
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
-    if (threadIdx.x == 0) {
-#pragma unroll 1
-        for (int s = 0; s < STAGES; ++s) {
-            mbarInit(fullBar + 8 * s, 1);
-            mbarInit(emptyBar + 8 * s, 8);  // one arrival per consumer warp
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    initStageBarriers(fullBar, emptyBar, STAGES);
 
     const int wg = threadIdx.x >> 7;
     if (wg == 0) {
         // ---- producer ----
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmW)) : "memory");
-            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmX)) : "memory");
+            prefetchTensorMaps(&tmW, &tmX);
             const int pre = min(STAGES, nkb);
             // Weights are constants: the first stages' weight tiles are requested before the previous kernel has
             // finished (PDL); the activations only after it has.
@@ -487,41 +510,23 @@ __global__ void __launch_bounds__(384, 1)
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WideShape;
     constexpr int STAGES = Sh::STAGES;
-    constexpr int kGroupN = 8;
     extern __shared__ uint8_t smemRaw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~uintptr_t(1023));
+    uint8_t* smem = alignedSmem(smemRaw);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;
     const uint32_t emptyBar = fullBar + 8 * STAGES;
     const int kStages = (K + 63) / 64;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int tiles = tilesN * tilesT;
-    const int perGroup = kGroupN * tilesT;
-    auto tileOrigin = [&](int tile, int& n0, int& m0) {
-        const int group = tile / perGroup;
-        const int firstN = group * kGroupN;
-        const int groupSize = min(tilesN - firstN, kGroupN);
-        const int local = tile - group * perGroup;
-        n0 = (firstN + local % groupSize) * kRows;
-        m0 = (local / groupSize) * Sh::T;
-    };
+    auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, Sh::T, n0, m0); };
 
-    if (threadIdx.x == 0) {
-#pragma unroll 1
-        for (int s = 0; s < STAGES; ++s) {
-            mbarInit(fullBar + 8 * s, 1);
-            mbarInit(emptyBar + 8 * s, 8);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    initStageBarriers(fullBar, emptyBar, STAGES);
 
     const int wg = threadIdx.x >> 7;
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmW)) : "memory");
-            asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmX)) : "memory");
+            prefetchTensorMaps(&tmW, &tmX);
             int c = 0;  // stage counter, continuous across tiles
             bool waited = false;
 #pragma unroll 1
@@ -704,9 +709,7 @@ cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y,
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
     if (tiles > 2147483647ll) return cudaErrorInvalidValue;
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int grid = static_cast<int>(std::min<long long>(tiles, sms));
+    const int grid = static_cast<int>(std::min<long long>(tiles, smCount()));
     const cudaError_t err =
         cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
     if (err != cudaSuccess) return err;
