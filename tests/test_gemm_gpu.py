@@ -90,12 +90,17 @@ def _is_hopper() -> bool:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
 @pytest.mark.parametrize(("n", "k", "m"), [(144, 272, 37), (320, 1040, 13), (1024, 2064, 200)], ids=str)
 def test_every_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    check_config(config, n, k, m, "config")
+
+
+def check_config(config: tuple[int, ...], n: int, k: int, m: int, what: str) -> None:
+    """One hand-set configuration on fresh inputs, NaN-poisoned output, against fp64."""
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     x, w, s = random_problem(m, n, k, gen)
     y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
     torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
     torch.cuda.synchronize()
-    check(y, x, w, s, f"config {config} M={m} N={n} K={k}")
+    check(y, x, w, s, f"{what} {config} M={m} N={n} K={k}")
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
@@ -114,12 +119,7 @@ def test_every_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
     ids=str,
 )
 def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: int) -> None:
-    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
-    x, w, s = random_problem(m, n, k, gen)
-    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
-    torch.cuda.synchronize()
-    check(y, x, w, s, f"wgmma config {config} M={m} N={n} K={k}")
+    check_config(config, n, k, m, "wgmma config")
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
