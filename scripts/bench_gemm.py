@@ -5,7 +5,8 @@ Columns per (shape, M):
   ours        trt_gemma4.kernels.block_fp8_gemm, the dispatched path (the CUDA op; the Triton kernel only with
               TRT_GEMMA4_TRITON_GEMM=1)
   cuda        the CUDA op trt_gemma4::block_fp8_gemm alone (its own dispatch: on sm_90 streaming for M <= 16, the
-              wgmma kernels above; elsewhere split-dequantize + cuBLAS from M = 512)
+              wgmma kernels above; elsewhere split-dequantize + cuBLAS from M = 512); timed separately only where
+              `ours` is the Triton kernel, else the same number
   triton      the Triton kernel alone with its default configuration (not dispatched; --no-triton skips it);
               --triton-sweep also times every configuration of triton_gemm.CONFIGS and reports the fastest
   bf16        cuBLAS BF16: F.linear on the dequantized BF16 weight (same function)
@@ -243,10 +244,12 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
             ref = x.double() @ dequantize_block_fp8(q0, s0, torch.float64).t()
             err = rel_err(kernels.block_fp8_gemm(x, q0, s0), ref)
             t_ours = time_graph([lambda q=q, s=s, x=x: kernels.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
-            t_cuda = time_graph([lambda q=q, s=s, x=x: ops.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
+            use_triton = triton_gemm.available() and triton_gemm.prefers_triton(m, n, k)
+            t_cuda = t_ours  # the dispatched path is the CUDA op unless the Triton kernel is opted in
+            if use_triton:
+                t_cuda = time_graph([lambda q=q, s=s, x=x: ops.block_fp8_gemm(x, q, s) for q, s in zip(qs, ss)])
             t_bf16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in wd])
             t_triton, triton_err, sweep = None, None, {}
-            use_triton = triton_gemm.available() and triton_gemm.prefers_triton(m, n, k)
             if triton_gemm.available() and not args.no_triton:
                 triton_err = rel_err(triton_gemm.block_fp8_gemm_triton(x, q0, s0), ref)
                 t_triton = time_graph(
@@ -401,6 +404,7 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                     cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
             if args.tune_only_wgmma:
                 cands = [c for c in cands if c[0] == 3] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
+            cands = list(dict.fromkeys(cands))  # the default may already be a candidate: time it once
             timings = []
             for c in cands:
                 t = time_graph(
