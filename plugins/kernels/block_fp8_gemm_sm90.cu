@@ -110,10 +110,6 @@ __device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, 
 __device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmmaWait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
 
 // Keeps the compiler from moving register reads/writes across the asynchronous wgmma (CUTLASS's
 // warpgroup_fence_operand): the registers are "redefined" here, so every use stays on its side of the fence.
