@@ -36,6 +36,7 @@ from safetensors import safe_open
 from trt_gemma4.checkpoint.names import BLOCK, SCALE_SUFFIX, fused_rows, fused_segments
 from trt_gemma4.checkpoint.safetensors_writer import PlannedTensor, SafetensorsWriter
 from trt_gemma4.errors import CheckpointError
+from trt_gemma4.fsutil import write_text_atomic
 from trt_gemma4.spec import (
     GLOBAL,
     SLIDING,
@@ -393,9 +394,7 @@ def attach_drafter(ckpt_dir: str | Path, src: str | Path, weights: str = "bf16")
     d = load_drafter(ckpt_dir / DRAFTER_DIR).spec
     g["spec"] = spec.with_drafter(d).to_dict()
     g["drafter"] = record
-    tmp = cfg_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-    os.replace(tmp, cfg_file)
+    write_text_atomic(cfg_file, json.dumps(cfg, indent=2) + "\n")
     return d
 
 
