@@ -279,6 +279,139 @@ struct AttnParams {
     float v_scale;
 };
 
+// ---- Pieces shared by paged_attention_kernel and decode_attention_kernel -----------------------------------------
+
+// The keys a CTA's query rows see, and this split's share of their 64-key tiles.
+struct KeyRange {
+    int j_lo, j_hi;  // first and last visible key of the tile's rows (j_hi < j_lo: none)
+    int tile_first;  // first 64-key tile of [j_lo, j_hi]
+    int my_first;    // this split's first tile, relative to tile_first
+    int n_tiles;     // this split's tiles
+};
+
+// Which keys new token i of a sequence sees: up to its causal limit, from limit - window + 1 (window > 0); draft
+// (read-only) queries all sit at kv_len - 1.
+struct Visibility {
+    bool draft;
+    int q_len, kv_len, window;
+    __device__ __forceinline__ int limit(int i) const { return draft ? kv_len - 1 : kv_len - q_len + i; }
+    __device__ __forceinline__ int lo(int i) const { return window > 0 ? max(0, limit(i) - window + 1) : 0; }
+};
+
+// Rows row0..row0+BM-1 of a sequence (row = token * group + head in group).
+__device__ __forceinline__ KeyRange key_range(const Visibility& vis, int G, int row0, int BM, int split,
+                                              int split_tiles) {
+    const int tok_first = row0 / G;
+    const int tok_last = min(vis.q_len * G - 1, row0 + BM - 1) / G;
+    KeyRange r;
+    r.j_lo = vis.lo(tok_first);
+    r.j_hi = min(vis.limit(tok_last), vis.kv_len - 1);
+    r.tile_first = r.j_lo / kBN;
+    const int n_tiles_all = r.j_hi >= r.j_lo ? r.j_hi / kBN - r.tile_first + 1 : 0;
+    r.my_first = split * split_tiles;
+    r.n_tiles = max(0, min(n_tiles_all - r.my_first, split_tiles));
+    return r;
+}
+
+// Q tile [BM rows][D] into shared memory (rows of kQRow bytes): RoPE in fp32 on the pairs (i, i + D/2), then rounded
+// to the MMA type; rows past the sequence's tokens are zeros.
+template <int D, bool kF16, int kQRow, int kThreadsQ>
+__device__ __forceinline__ void stage_q_tile(const AttnParams& p, uint8_t* q_s, int BM, int row0, int q_begin,
+                                             int q_len, int kv_len, int kv_head, int b, bool draft, int tid) {
+    const int G = p.group;
+    constexpr int kChunks = D / 2 / 8;  // 8-dim chunks per half row
+    for (int w = tid; w < BM * kChunks; w += kThreadsQ) {
+        const int r = w / kChunks, c = w % kChunks;
+        const int row = row0 + r;
+        const int i = row / G;
+        uint4 lo_out = make_uint4(0, 0, 0, 0), hi_out = make_uint4(0, 0, 0, 0);
+        if (i < q_len) {
+            const int head = kv_head * G + row % G;
+            const __nv_bfloat16* src = p.q + (static_cast<int64_t>(q_begin + i) * p.num_q_heads + head) * D + c * 8;
+            const uint4 lo_raw = *reinterpret_cast<const uint4*>(src);
+            const uint4 hi_raw = *reinterpret_cast<const uint4*>(src + D / 2);
+            const __nv_bfloat16* lo_h = reinterpret_cast<const __nv_bfloat16*>(&lo_raw);
+            const __nv_bfloat16* hi_h = reinterpret_cast<const __nv_bfloat16*>(&hi_raw);
+            const int pos = draft ? p.q_positions[b] : kv_len - q_len + i;
+            uint16_t lo16[8], hi16[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const float a = __bfloat162float(lo_h[e]);
+                const float h = __bfloat162float(hi_h[e]);
+                float sn = 0.f, cs = 1.f;
+                if (p.inv_freq != nullptr) sincosf(static_cast<float>(pos) * p.inv_freq[c * 8 + e], &sn, &cs);
+                lo16[e] = to16<kF16>(a * cs - h * sn);
+                hi16[e] = to16<kF16>(h * cs + a * sn);
+            }
+            lo_out = *reinterpret_cast<uint4*>(lo16);
+            hi_out = *reinterpret_cast<uint4*>(hi16);
+        }
+        *reinterpret_cast<uint4*>(q_s + r * kQRow + c * 16) = lo_out;
+        *reinterpret_cast<uint4*>(q_s + r * kQRow + D + c * 16) = hi_out;
+    }
+}
+
+// Byte offset, inside a cache unit, of the 16-byte column chunk ld_chunk of a K/V row of KV head kv_head (a 512-d
+// head is stored as planes of head_size dims).
+template <int kEsz>
+__device__ __forceinline__ int kv_dim_offset(const KvAddr& A, int kv_head, int ld_chunk) {
+    const int d = ld_chunk * 16 / kEsz;
+    return (kv_head * A.planes + d / A.head_size) * static_cast<int>(A.plane_bytes) + (d % A.head_size) * kEsz;
+}
+
+// The general tile loader (linear cache, or a ring of cyclic_len slots; kRing: known to be a ring): rows
+// j_first + k * kRowsPerPass of one 16-byte column chunk, K to k_dst and V to v_dst (rows kKvRow bytes apart);
+// rows outside [j_lo, j_hi] copy 0 bytes (zero fill).
+template <int kRowsPerPass, int kKvRow, bool kRing = false>
+__device__ __forceinline__ void load_kv_rows(uint8_t* k_dst, uint8_t* v_dst, int j_first, int j_lo, int j_hi,
+                                             const KvAddr& A, const int32_t* k_offsets, const int32_t* v_offsets,
+                                             int unit_bytes, int ld_dim_off, int cyc, int t_mask) {
+    int slot = kRing || cyc > 0 ? j_first % cyc : j_first;
+#pragma unroll
+    for (int k = 0; k < kBN / kRowsPerPass; ++k) {
+        const int j = j_first + k * kRowsPerPass;
+        const bool ok = j >= j_lo && j <= j_hi;
+        const uint8_t* ks = A.pool;
+        const uint8_t* vs = A.pool;
+        if (ok) {
+            const int blk = slot >> A.t_shift;
+            const int in_unit = (slot & t_mask) * A.row_bytes + ld_dim_off;
+            ks = A.pool + static_cast<int64_t>(k_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+            vs = A.pool + static_cast<int64_t>(v_offsets[blk] + A.lip2) * unit_bytes + in_unit;
+        }
+        cp_async_16(k_dst + k * kRowsPerPass * kKvRow, ks, ok ? 16 : 0);
+        cp_async_16(v_dst + k * kRowsPerPass * kKvRow, vs, ok ? 16 : 0);
+        slot += kRowsPerPass;
+        if ((kRing || cyc > 0) && slot >= cyc) slot -= cyc;  // cyclic_len >= 64 >= kRowsPerPass (host-checked)
+    }
+}
+
+// The cp.async ring of both kernels: STAGES - 1 tiles requested before the loop (ring_prologue); at the top of
+// tile t (ring_advance) wait for tile t, synchronise the CTA, and request tile t + STAGES - 1 into the slot tile
+// t - 1 used. STAGES = 1 loads and waits for each tile in turn (the caller adds a barrier at the end of the tile).
+template <int STAGES, class Load>
+__device__ __forceinline__ void ring_prologue(int n_tiles, Load& load_tile) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+}
+template <int STAGES, class Load>
+__device__ __forceinline__ void ring_advance(int t, int n_tiles, Load& load_tile) {
+    if constexpr (STAGES == 1) {
+        load_tile(t, 0);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+    } else {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile t landed for every thread; the slot refilled below was consumed at t - 1
+        if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+        cp_async_commit();
+    }
+}
+
 // Shared memory of one CTA: Q tile, STAGES x (K tile + V tile), P tile, max/sum exchange.
 constexpr int attn_smem_bytes(int D, int esz, int MT, int stages) {
     return 16 * MT * (D * 2 + 64) + stages * 2 * kBN * (D * esz + 32) + 16 * MT * kBN * 2 + 2 * kWarps * 16 * MT * 4;
@@ -331,52 +464,14 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
     if (row0 >= q_len * G) return;  // tile beyond this sequence's rows (grid sized for the longest)
     const bool draft = p.q_positions != nullptr;
 
-    // Causal limit (last visible key) of new token i; the window opens at limit - window + 1.
-    auto limit_of = [&](int i) { return draft ? kv_len - 1 : kv_len - q_len + i; };
-    auto lo_of = [&](int i) { return p.window > 0 ? max(0, limit_of(i) - p.window + 1) : 0; };
-    const int tok_first = row0 / G;
-    const int tok_last = min(q_len * G - 1, row0 + BM - 1) / G;
-    const int j_lo = lo_of(tok_first);
-    const int j_hi = min(limit_of(tok_last), kv_len - 1);
-    const int tile_first = j_lo / kBN;
-    const int n_tiles_all = j_hi >= j_lo ? j_hi / kBN - tile_first + 1 : 0;
-    const int my_first = split * p.split_tiles;
-    const int n_tiles = max(0, min(n_tiles_all - my_first, p.split_tiles));
+    // Visible keys of the tile's rows (causal limit, window) and this split's share of their tiles.
+    const Visibility vis{draft, q_len, kv_len, p.window};
+    const KeyRange kr = key_range(vis, G, row0, BM, split, p.split_tiles);
+    const int j_lo = kr.j_lo, j_hi = kr.j_hi, tile_first = kr.tile_first, my_first = kr.my_first;
+    const int n_tiles = kr.n_tiles;
 
     // ---- Q tile: RoPE in fp32, then rounded to the MMA type. Rows past the sequence's tokens are zeros.
-    {
-        constexpr int kChunks = D / 2 / 8;  // 8-dim chunks per half row
-        for (int w = tid; w < BM * kChunks; w += kThreads) {
-            const int r = w / kChunks, c = w % kChunks;
-            const int row = row0 + r;
-            const int i = row / G;
-            uint4 lo_out = make_uint4(0, 0, 0, 0), hi_out = make_uint4(0, 0, 0, 0);
-            if (i < q_len) {
-                const int head = kv_head * G + row % G;
-                const __nv_bfloat16* src =
-                    p.q + (static_cast<int64_t>(q_begin + i) * p.num_q_heads + head) * D + c * 8;
-                const uint4 lo_raw = *reinterpret_cast<const uint4*>(src);
-                const uint4 hi_raw = *reinterpret_cast<const uint4*>(src + D / 2);
-                const __nv_bfloat16* lo_h = reinterpret_cast<const __nv_bfloat16*>(&lo_raw);
-                const __nv_bfloat16* hi_h = reinterpret_cast<const __nv_bfloat16*>(&hi_raw);
-                const int pos = draft ? p.q_positions[b] : kv_len - q_len + i;
-                uint16_t lo16[8], hi16[8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const float a = __bfloat162float(lo_h[e]);
-                    const float h = __bfloat162float(hi_h[e]);
-                    float sn = 0.f, cs = 1.f;
-                    if (p.inv_freq != nullptr) sincosf(static_cast<float>(pos) * p.inv_freq[c * 8 + e], &sn, &cs);
-                    lo16[e] = to16<kF16>(a * cs - h * sn);
-                    hi16[e] = to16<kF16>(h * cs + a * sn);
-                }
-                lo_out = *reinterpret_cast<uint4*>(lo16);
-                hi_out = *reinterpret_cast<uint4*>(hi16);
-            }
-            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + c * 16) = lo_out;
-            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + D + c * 16) = hi_out;
-        }
-    }
+    stage_q_tile<D, kF16, C::kQRow, kThreads>(p, q_s, BM, row0, q_begin, q_len, kv_len, kv_head, b, draft, tid);
 
     // ---- K/V tile loader: tile t (relative to this split's first) into stage st; keys outside [j_lo, j_hi] are
     // zero-filled so that stale or never-written cache bytes (possibly NaN patterns) never reach an MMA.
@@ -389,10 +484,7 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
     const int ld_chunk = tid % kChunksPerRow;
     const int ld_row = tid / kChunksPerRow;
     const KvAddr& A = p.addr;
-    const int ld_dim_off = [&] {
-        const int d = ld_chunk * 16 / C::kEsz;
-        return (kv_head * A.planes + d / A.head_size) * static_cast<int>(A.plane_bytes) + (d % A.head_size) * C::kEsz;
-    }();
+    const int ld_dim_off = kv_dim_offset<C::kEsz>(A, kv_head, ld_chunk);
     const int unit_bytes = static_cast<int>(A.unit_bytes);
     const int32_t* k_offsets = A.block_offsets + static_cast<int64_t>(b) * 2 * A.max_blocks;
     const int32_t* v_offsets = k_offsets + A.max_blocks;
@@ -400,26 +492,9 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
     const int cyc = A.cyclic_len;
     auto load_tile = [&](int t, int st) {
         uint8_t* k_dst = kv_s + st * C::kStageBytes + ld_row * C::kKvRow + ld_chunk * 16;
-        uint8_t* v_dst = k_dst + C::kTileBytes;
         const int j_first = (tile_first + my_first + t) * kBN + ld_row;
-        int slot = cyc > 0 ? j_first % cyc : j_first;
-#pragma unroll
-        for (int k = 0; k < kBN / kRowsPerPass; ++k) {
-            const int j = j_first + k * kRowsPerPass;
-            const bool ok = j >= j_lo && j <= j_hi;
-            const uint8_t* ks = A.pool;
-            const uint8_t* vs = A.pool;
-            if (ok) {
-                const int blk = slot >> A.t_shift;
-                const int in_unit = (slot & t_mask) * A.row_bytes + ld_dim_off;
-                ks = A.pool + static_cast<int64_t>(k_offsets[blk] + A.lip2) * unit_bytes + in_unit;
-                vs = A.pool + static_cast<int64_t>(v_offsets[blk] + A.lip2) * unit_bytes + in_unit;
-            }
-            cp_async_16(k_dst + k * kRowsPerPass * C::kKvRow, ks, ok ? 16 : 0);
-            cp_async_16(v_dst + k * kRowsPerPass * C::kKvRow, vs, ok ? 16 : 0);
-            slot += kRowsPerPass;
-            if (cyc > 0 && slot >= cyc) slot -= cyc;  // cyclic_len >= kRowsPerPass (checked on the host)
-        }
+        load_kv_rows<kRowsPerPass, C::kKvRow>(k_dst, k_dst + C::kTileBytes, j_first, j_lo, j_hi, A, k_offsets,
+                                              v_offsets, unit_bytes, ld_dim_off, cyc, t_mask);
     };
 
     // Per-thread rows: (mt, h) -> row 16*mt + g + 8*h of the tile.
@@ -429,8 +504,8 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int i = (row0 + 16 * mt + g + 8 * h) / G;
-            row_lim[mt][h] = i < q_len ? min(limit_of(i), kv_len - 1) : -1;
-            row_lo[mt][h] = i < q_len ? lo_of(i) : 0;
+            row_lim[mt][h] = i < q_len ? min(vis.limit(i), kv_len - 1) : -1;
+            row_lo[mt][h] = i < q_len ? vis.lo(i) : 0;
         }
 
     float o_acc[MT][C::kGroups][C::kNTG][4];
@@ -451,25 +526,11 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const Attn
             l_run[mt][h] = 0.f;
         }
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < n_tiles) load_tile(s, s);
-        cp_async_commit();
-    }
+    ring_prologue<STAGES>(n_tiles, load_tile);
 
     for (int t = 0; t < n_tiles; ++t) {
         const int st = t % STAGES;
-        if constexpr (STAGES == 1) {
-            load_tile(t, 0);
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();
-        } else {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();  // tile t landed for every thread; the stage refilled below was consumed at t-1
-            if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
-            cp_async_commit();
-        }
+        ring_advance<STAGES>(t, n_tiles, load_tile);
         const uint8_t* k_s = kv_s + st * C::kStageBytes;
         const uint8_t* v_s = k_s + C::kTileBytes;
         const int j0 = (tile_first + my_first + t) * kBN;
@@ -755,53 +816,15 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
     if (row0 >= q_len * G) return;  // whole CTA: before any barrier
     const bool draft = p.q_positions != nullptr;
 
-    // Visible keys, exactly as in paged_attention_kernel.
-    auto limit_of = [&](int i) { return draft ? kv_len - 1 : kv_len - q_len + i; };
-    auto lo_of = [&](int i) { return p.window > 0 ? max(0, limit_of(i) - p.window + 1) : 0; };
-    const int tok_first = row0 / G;
-    const int tok_last = min(q_len * G - 1, row0 + BM - 1) / G;
-    const int j_lo = lo_of(tok_first);
-    const int j_hi = min(limit_of(tok_last), kv_len - 1);
-    const int tile_first = j_lo / kBN;
-    const int n_tiles_all = j_hi >= j_lo ? j_hi / kBN - tile_first + 1 : 0;
-    const int my_first = split * p.split_tiles;
-    const int n_tiles = max(0, min(n_tiles_all - my_first, p.split_tiles));
+    // Visible keys, as in paged_attention_kernel.
+    const Visibility vis{draft, q_len, kv_len, p.window};
+    const KeyRange kr = key_range(vis, G, row0, BM, split, p.split_tiles);
+    const int j_lo = kr.j_lo, j_hi = kr.j_hi, tile_first = kr.tile_first, my_first = kr.my_first;
+    const int n_tiles = kr.n_tiles;
 
     // ---- Q tile staged in shared memory (RoPE in fp32, rounded to the MMA type; rows past the tokens are zeros),
     // then each warp keeps its quarter as MMA A fragments in registers.
-    {
-        constexpr int kChunks = D / 2 / 8;
-        for (int w = tid; w < BM * kChunks; w += kDecThreads) {
-            const int r = w / kChunks, c = w % kChunks;
-            const int row = row0 + r;
-            const int i = row / G;
-            uint4 lo_out = make_uint4(0, 0, 0, 0), hi_out = make_uint4(0, 0, 0, 0);
-            if (i < q_len) {
-                const int head = kv_head * G + row % G;
-                const __nv_bfloat16* src =
-                    p.q + (static_cast<int64_t>(q_begin + i) * p.num_q_heads + head) * D + c * 8;
-                const uint4 lo_raw = *reinterpret_cast<const uint4*>(src);
-                const uint4 hi_raw = *reinterpret_cast<const uint4*>(src + D / 2);
-                const __nv_bfloat16* lo_h = reinterpret_cast<const __nv_bfloat16*>(&lo_raw);
-                const __nv_bfloat16* hi_h = reinterpret_cast<const __nv_bfloat16*>(&hi_raw);
-                const int pos = draft ? p.q_positions[b] : kv_len - q_len + i;
-                uint16_t lo16[8], hi16[8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const float a = __bfloat162float(lo_h[e]);
-                    const float h = __bfloat162float(hi_h[e]);
-                    float sn = 0.f, cs = 1.f;
-                    if (p.inv_freq != nullptr) sincosf(static_cast<float>(pos) * p.inv_freq[c * 8 + e], &sn, &cs);
-                    lo16[e] = to16<kF16>(a * cs - h * sn);
-                    hi16[e] = to16<kF16>(h * cs + a * sn);
-                }
-                lo_out = *reinterpret_cast<uint4*>(lo16);
-                hi_out = *reinterpret_cast<uint4*>(hi16);
-            }
-            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + c * 16) = lo_out;
-            *reinterpret_cast<uint4*>(q_s + r * C::kQRow + D + c * 16) = hi_out;
-        }
-    }
+    stage_q_tile<D, kF16, C::kQRow, kDecThreads>(p, q_s, BM, row0, q_begin, q_len, kv_len, kv_head, b, draft, tid);
     __syncthreads();
     // A fragments with the contraction permutation of the top of the file: chunk c's 8 dims [32c' + 8 t4, +8)
     // (c' = the warp's chunk) are k-slots {2t4, 2t4+1, 2t4+8, 2t4+9} of two MMAs: qf[c][0..3] and qf[c][4..7].
@@ -827,10 +850,7 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
     const int ld_chunk = tid % kChunksPerRow;
     const int ld_row = tid / kChunksPerRow;
     const KvAddr& A = p.addr;
-    const int ld_dim_off = [&] {
-        const int d = ld_chunk * 16 / C::kEsz;
-        return (kv_head * A.planes + d / A.head_size) * static_cast<int>(A.plane_bytes) + (d % A.head_size) * C::kEsz;
-    }();
+    const int ld_dim_off = kv_dim_offset<C::kEsz>(A, kv_head, ld_chunk);
     const int unit_bytes = static_cast<int>(A.unit_bytes);
     const int32_t* k_offsets = A.block_offsets + static_cast<int64_t>(b) * 2 * A.max_blocks;
     const int32_t* v_offsets = k_offsets + A.max_blocks;
@@ -866,31 +886,15 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
             }
             return;
         }
-        int slot = j_first % cyc;
-#pragma unroll
-        for (int k = 0; k < kBN / kRowsPerPass; ++k) {
-            const int j = j_first + k * kRowsPerPass;
-            const bool ok = j >= j_lo && j <= j_hi;
-            const uint8_t* ks = A.pool;
-            const uint8_t* vs = A.pool;
-            if (ok) {
-                const int blk = slot >> A.t_shift;
-                const int in_unit = (slot & t_mask) * A.row_bytes + ld_dim_off;
-                ks = A.pool + static_cast<int64_t>(k_offsets[blk] + A.lip2) * unit_bytes + in_unit;
-                vs = A.pool + static_cast<int64_t>(v_offsets[blk] + A.lip2) * unit_bytes + in_unit;
-            }
-            cp_async_16(k_dst + k * kRowsPerPass * C::kKvRow, ks, ok ? 16 : 0);
-            cp_async_16(v_dst + k * kRowsPerPass * C::kKvRow, vs, ok ? 16 : 0);
-            slot += kRowsPerPass;
-            if (slot >= cyc) slot -= cyc;  // cyclic_len >= 64 >= kRowsPerPass (checked on the host)
-        }
+        load_kv_rows<kRowsPerPass, C::kKvRow, true>(k_dst, v_dst, j_first, j_lo, j_hi, A, k_offsets, v_offsets,
+                                                    unit_bytes, ld_dim_off, cyc, t_mask);
     };
 
     // Softmax state of the warp's own row (lane-replicated max, per-lane partial sum).
     const int my_row = row0 + warp;
     const int my_i = my_row / G;
-    const int my_lim = my_i < q_len ? min(limit_of(my_i), kv_len - 1) : -1;
-    const int my_lo = my_i < q_len ? lo_of(my_i) : 0;
+    const int my_lim = my_i < q_len ? min(vis.limit(my_i), kv_len - 1) : -1;
+    const int my_lo = my_i < q_len ? vis.lo(my_i) : 0;
     float m_run = -INFINITY, l_part = 0.f;
 
     float o_acc[4][4];
@@ -899,11 +903,7 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) o_acc[nt][e] = 0.f;
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < n_tiles) load_tile(s, s);
-        cp_async_commit();
-    }
+    ring_prologue<STAGES>(n_tiles, load_tile);
 
     // Fixed per-thread shared-memory offsets of the tile loop.
     const int k_off = (16 * tg + g) * C::kKvRow + (kq * C::kKq + 8 * t4) * C::kEsz;  // K: token 16tg+g, 8 dims
@@ -923,17 +923,7 @@ __global__ void __launch_bounds__(kDecThreads, 1) decode_attention_kernel(const 
 
     for (int t = 0; t < n_tiles; ++t) {
         const int st = t % STAGES;
-        if constexpr (STAGES == 1) {
-            load_tile(t, 0);
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();  // (1)
-        } else {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();  // (1) tile t landed for every thread; the slot refilled below was consumed at t-1
-            if (t + STAGES - 1 < n_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
-            cp_async_commit();
-        }
+        ring_advance<STAGES>(t, n_tiles, load_tile);  // barrier (1)
         const uint8_t* k_s = kv_s + st * C::kStageBytes;
         const uint8_t* v_s = k_s + C::kTileBytes;
         const int j0 = (tile_first + my_first + t) * kBN;
