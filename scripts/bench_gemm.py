@@ -402,6 +402,9 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                         cands.append((3, tile, 1, 1, sp, 2))
                 if m >= 128:
                     cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
+                    cands.append((3, 256, 1, 1, 0, 2))  # persistent, stream-K
+                if m >= 32:
+                    cands.append((3, 128, 1, 1, 0, 2))  # persistent 128-token tiles, stream-K
             if args.tune_only_wgmma:
                 cands = [c for c in cands if c[0] == 3] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
             cands = list(dict.fromkeys(cands))  # the default may already be a candidate: time it once

@@ -79,8 +79,12 @@ STREAM_VARIANTS = [(1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 2, 2), (1, 2, 3), (2, 1,
 CONFIGS = [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))] + [
     (2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)
 ]
-# The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros).
-WGMMA_CONFIGS = [(3, tile, 1, 1, sp, 2) for tile in (16, 32, 64, 128) for sp in (1, 2, 5)] + [(3, 256, 1, 1, 1, 2)]
+# The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros); the
+# persistent kernel data-parallel (tile 256, splits 1) and stream-K (tiles 128 and 256, splits 0).
+WGMMA_STREAM_K = [(3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
+WGMMA_CONFIGS = (
+    [(3, tile, 1, 1, sp, 2) for tile in (16, 32, 64, 128) for sp in (1, 2, 5)] + [(3, 256, 1, 1, 1, 2)] + WGMMA_STREAM_K
+)
 
 
 def _is_hopper() -> bool:
@@ -123,9 +127,10 @@ def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
-@pytest.mark.parametrize("tile", [16, 128, 256])
-def test_wgmma_zero_scale_blocks(tile: int) -> None:
-    """All-zero weight blocks (s = 0) between live ones: the 256-token kernel must leave them out of its rescaling."""
+@pytest.mark.parametrize(("tile", "splits"), [(16, 1), (128, 1), (256, 1), (128, 0), (256, 0)])
+def test_wgmma_zero_scale_blocks(tile: int, splits: int) -> None:
+    """All-zero weight blocks (s = 0) between live ones: the persistent kernel must leave them out of its rescaling
+    (stream-K: also in pieces of a cut tile that hold only zero blocks)."""
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     m, n, k = 300, 384, 1040
     x, w, s = random_problem(m, n, k, gen)
@@ -133,10 +138,25 @@ def test_wgmma_zero_scale_blocks(tile: int) -> None:
     s[1, 3:6] = 0.0
     s[2, :] = 0.0
     y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, 1, depth=2, out=y)
+    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, splits, depth=2, out=y)
     torch.cuda.synchronize()
     assert torch.all(y[:, 256:] == 0)
-    check(y, x, w, s, f"wgmma tile {tile} zero-scale blocks")
+    check(y, x, w, s, f"wgmma tile {tile} splits {splits} zero-scale blocks")
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
+@pytest.mark.parametrize("config", WGMMA_STREAM_K, ids=lambda c: f"t{c[1]}")
+@pytest.mark.parametrize(("n", "k", "m"), [(8704, 3840, 128), (3840, 4096, 200), (256, 1152, 9)], ids=str)
+def test_wgmma_stream_k_is_deterministic(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    """Stream-K adds a cut tile's pieces in a fixed order: repeated calls give identical bits (and stale flags in a
+    reused workspace do not leak into the next call)."""
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    ys = [torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=2) for _ in range(5)]
+    torch.cuda.synchronize()
+    check(ys[0], x, w, s, f"stream-K {config} M={m} N={n} K={k}")
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0]), f"stream-K {config}: results differ between calls"
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
@@ -149,8 +169,8 @@ def test_wgmma_fp8_conversion_is_exact() -> None:
     w = codes.repeat(n * k // codes.numel() + 1)[: n * k].view(n, k).view(torch.float8_e4m3fn)
     s = torch.ones(2, 2, device="cuda")
     x = torch.eye(k, device="cuda", dtype=torch.bfloat16)  # Y = Wᵀ column by column: y[i, j] = w[j, i]
-    for tile in (16, 128, 256):
-        y = torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, 1, depth=2)
+    for tile, splits in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0)):
+        y = torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, splits, depth=2)
         assert torch.equal(y.float(), w.float().t().contiguous()), f"tile {tile}: inexact FP8 -> BF16 conversion"
 
 

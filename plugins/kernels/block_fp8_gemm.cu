@@ -733,6 +733,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
 }
 
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
+    if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
 }
@@ -750,10 +751,11 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
                                      void* workspace, size_t workspaceBytes, cudaStream_t stream) {
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
-    if (config.splits < 1 || config.splits > 16) return cudaErrorInvalidValue;
+    const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
+    if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
     float* partial = nullptr;
-    if (config.splits > 1) {
+    if (config.splits > 1 || streamK) {
         if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
             return cudaErrorInvalidValue;
         partial = static_cast<float*>(workspace);
@@ -799,7 +801,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     } else {
         return cudaErrorInvalidValue;
     }
-    if (err != cudaSuccess || config.splits == 1) return err;
+    if (err != cudaSuccess || config.splits <= 1) return err;  // 0: stream-K, combined inside the kernel
     const size_t mn = static_cast<size_t>(M) * N;
     const int threads = 256;
     return launch(splitKReduceKernel, dim3(ceilDiv(static_cast<long long>(mn / 4), threads)), threads, 0, stream,

@@ -68,7 +68,10 @@ struct BlockFp8GemmConfig {
                         // a CTA always covers 128 weight rows
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
-    int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass
+    int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass;
+                        // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'
+                        // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
+                        // and one FP32 partial tile per SM)
     int depth = 3;      // stream only: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4)
 };
 

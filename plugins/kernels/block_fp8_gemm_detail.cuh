@@ -103,7 +103,10 @@ bool wgmmaAvailable();
 
 // Runs the Hopper wgmma kernels with token tile `tokTile` (16, 32, 64, 128; 256 = the persistent kernel,
 // splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by
-// the caller's reduce pass). cudaErrorNotSupported where wgmmaAvailable() is false.
+// the caller's reduce pass). splits = 0: the persistent kernel with stream-K (tokTile 128 or 256), `partial` =
+// its workspace of wgmmaStreamKWorkspace(tokTile) bytes, no reduce pass. cudaErrorNotSupported where
+// wgmmaAvailable() is false.
+size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                             int K, int tokTile, int splits, cudaStream_t stream);
 
