@@ -642,7 +642,8 @@ int chooseSplits(int ctas, int targetCtas, int cap, int kBlocks, int minBlocks) 
 // kernels and cuBLAS (bench/NOTES_gemm.md, v7-v10):
 //  * M <= 128: the smallest token tile of 32/64/128 that holds M, split-K while the CTAs still fit one wave (the
 //    weights are read once either way; idle SMs are what costs);
-//  * M > 128: the persistent 256-token kernel, unless its tile count leaves a last round mostly empty where the
+//  * M > 128: the persistent 256-token kernel, with stream-K where its last round would be at most half full and
+//    the rounds are few, else data-parallel unless its tile count leaves a last round mostly empty where the
 //    128-token kernel's waves fit better. The 256-token kernel does ~1.12x the work per unit time of the 128-token
 //    one (same run), so compare rounds x 256 / 1.12 against waves x 128.
 BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
@@ -663,7 +664,18 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
         return c;
     }
-    const long long rounds256 = ceilDiv(static_cast<long long>(tilesN) * ceilDiv(M, 256), sms);
+    // Stream-K where a data-parallel walk of 256-token tiles would leave its last round at most 60% full (N = 8704:
+    // 68 row tiles on 132 SMs), with at least half a round of tiles and fewer than 8 rounds (from there on the
+    // walk's L2 locality is worth more than the lost round: qkv_global M = 8192 runs 907 µs data-parallel, 996 µs
+    // stream-K; gate_up M = 2048 836 vs 886).
+    const long long tiles256 = static_cast<long long>(tilesN) * ceilDiv(M, 256);
+    const long long lastRound = tiles256 % sms;
+    if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
+        c.tile = 256;
+        c.splits = 0;
+        return c;
+    }
+    const long long rounds256 = ceilDiv(tiles256, sms);
     const int ctas128 = tilesN * ceilDiv(M, 128);
     const long long waves128 = ceilDiv(ctas128, sms);
     if (rounds256 * 256 * 100 <= waves128 * 128 * 112) {

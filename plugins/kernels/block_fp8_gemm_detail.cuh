@@ -82,8 +82,11 @@ inline bool usePdl() {
     return !envOff && deviceMajor() >= 9;
 }
 
+// pdl = false: a plain launch, fully ordered after the previous stream operation (used where that operation is
+// not a kernel, e.g. a memset the kernel depends on).
 template <class... KArgs, class... Args>
-cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream, Args... args) {
+cudaError_t launchEx(bool pdl, void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream,
+                     Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(threads);
@@ -93,8 +96,13 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, c
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = usePdl() ? 1 : 0;
+    cfg.numAttrs = pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+template <class... KArgs, class... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream, Args... args) {
+    return launchEx(usePdl(), kernel, grid, threads, smem, stream, args...);
 }
 
 // True when the Hopper wgmma kernels (block_fp8_gemm_sm90.cu) can run on the current device: an sm_90 GPU, the

@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(384, 1)
 // c ^ ((r >> 1) & 3): the 8 rows a warp reads per load hit 8 distinct 16-byte bank groups), tokens [T][64 bf16]
 // with the 128-byte swizzle; 40 KB x 5 stages (T = 256) or 24 KB x 8 (T = 128).
 //
-// Stream-K (streamK = 1): where the tile count leaves the last round of a data-parallel walk mostly empty (68 row
+// Stream-K (SK = true): where the tile count leaves the last round of a data-parallel walk mostly empty (68 row
 // tiles of N = 8704 on 132 SMs, say), the grid's G CTAs instead split ALL k-blocks of all tiles evenly: CTA c takes
 // units [U c / G, U (c+1) / G) of U = tiles x kBlocks, in tile order. So a CTA's range is the tail of one tile, some
 // whole tiles, and the head of another. A tile cut into pieces is finished by the CTA holding its head (k-block 0):
@@ -529,7 +529,9 @@ struct PersistShape {
 };
 
 // Stream-K workspace: flags [G][2] (int, 256-byte padded), then partial tiles [G][2][T/2][128] FP32.
-constexpr size_t streamKFlagBytes(int grid) { return (static_cast<size_t>(grid) * 2 * sizeof(int) + 255) & ~size_t(255); }
+constexpr size_t streamKFlagBytes(int grid) {
+    return (static_cast<size_t>(grid) * 2 * sizeof(int) + 255) & ~size_t(255);
+}
 constexpr size_t streamKBytes(int grid, int T) {
     return streamKFlagBytes(grid) + static_cast<size_t>(grid) * 2 * (T / 2) * 128 * sizeof(float);
 }
@@ -545,11 +547,12 @@ __device__ __forceinline__ void stRelease(int* p, int v) {
 }
 #endif
 
-template <int T>
+// SK: stream-K; a separate instantiation, so the data-parallel kernel carries none of its code.
+template <int T, bool SK>
 __global__ void __launch_bounds__(384, 1)
     wgmmaPersistentKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                           const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags,
-                          float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT, int streamK) {
+                          float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = PersistShape<T>;
     constexpr int STAGES = Sh::STAGES;
@@ -568,7 +571,7 @@ __global__ void __launch_bounds__(384, 1)
     const long long units = static_cast<long long>(tiles) * kBlocks;
     auto unitStart = [&](int c) { return units * c / G; };
     auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
-        if (!streamK) {
+        if constexpr (!SK) {
             tile = cta + i * G;
             kb0 = 0;
             kb1 = kBlocks;
@@ -638,9 +641,8 @@ __global__ void __launch_bounds__(384, 1)
     uint32_t fragA[4][4], fragB[4][4], fragC[4][4], fragD[4][4];
     int c = 0;
     if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
-    int tile, kb0, kb1;
-#pragma unroll 1
-    for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) {
+    // One segment: k-blocks [kb0, kb1) of `tile`, then its epilogue.
+    auto runSegment = [&](const int tile, const int kb0, const int kb1) {
         int n0, m0;
         tileOrigin(tile, n0, m0);
         const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
@@ -653,7 +655,7 @@ __global__ void __launch_bounds__(384, 1)
         // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
         auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            const bool more = kb + 1 < kb1;  // this segment has a next k-block
+            const bool more = SK ? kb + 1 < kb1 : 2 * kb + 2 < kStages;  // this segment has a next k-block
             const float sc = __ldg(sRow + kb);
             const float scNext = more ? __ldg(sRow + kb + 1) : 0.f;
             const bool two = 2 * kb + 1 < kStages;
@@ -709,31 +711,34 @@ __global__ void __launch_bounds__(384, 1)
             kblock(kb, fragA, fragB, fragC);
             if (kb + 1 < kb1) kblock(kb + 1, fragC, fragD, fragA);
         }
+        if constexpr (SK) {
 #pragma unroll
-        for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
-
-        if (kb0 > 0) {
-            // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
-            float* P = skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128 + tid;
+            for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
+            unit = 1.f;
+            if (kb0 > 0) {
+                // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
+                float* P = skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128 + tid;
 #pragma unroll
-            for (int r = 0; r < T / 2; ++r) __stcg(P + r * 128, acc[r]);
-            namedBarrier(2 + cw, 128);
-            if (tid == 0) {
-                __threadfence();
-                stRelease(skFlags + 2 * cta + cw, 1);
-            }
-            continue;
-        }
-        if (kb1 < kBlocks) {
-            // The head piece of a tile cut in pieces: add the partner CTAs' partials (they took its later k-blocks).
-            const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
-#pragma unroll 1
-            for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
-                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
+                for (int r = 0; r < T / 2; ++r) __stcg(P + r * 128, acc[r]);
+                namedBarrier(2 + cw, 128);
+                if (tid == 0) {
+                    __threadfence();
+                    stRelease(skFlags + 2 * cta + cw, 1);
                 }
-                const float* P = skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128 + tid;
+                return;
+            }
+            if (kb1 < kBlocks) {
+                // The head piece of a tile cut in pieces: add the partials of the partner CTAs (which took its
+                // later k-blocks).
+                const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
+#pragma unroll 1
+                for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
+                    while (ldAcquire(skFlags + 2 * p + cw) == 0) {
+                    }
+                    const float* P = skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128 + tid;
 #pragma unroll
-                for (int r = 0; r < T / 2; ++r) acc[r] += __ldcg(P + r * 128);
+                    for (int r = 0; r < T / 2; ++r) acc[r] += __ldcg(P + r * 128);
+                }
             }
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
@@ -745,15 +750,23 @@ __global__ void __launch_bounds__(384, 1)
             const int m = m0 + 8 * j + 2 * t;
             if (m < M) {
                 __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j]);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2]);
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
             }
             if (m + 1 < M) {
                 __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1]);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3]);
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
             }
         }
+    };
+    if constexpr (SK) {
+        int tile, kb0, kb1;
+#pragma unroll 1
+        for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) runSegment(tile, kb0, kb1);
+    } else {
+#pragma unroll 1
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) runSegment(tile, 0, (kStages + 1) / 2);
     }
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
@@ -814,11 +827,13 @@ cudaError_t launchPersistent(const void* X, const uint8_t* W, const float* S, vo
         const cudaError_t e = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
         if (e != cudaSuccess) return e;
     }
-    const cudaError_t err = cudaFuncSetAttribute(wgmmaPersistentKernel<T>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, PersistShape<T>::SMEM);
+    auto* kernel = streamK ? wgmmaPersistentKernel<T, true> : wgmmaPersistentKernel<T, false>;
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PersistShape<T>::SMEM);
     if (err != cudaSuccess) return err;
-    return launch(wgmmaPersistentKernel<T>, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX, S,
-                  static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, streamK ? 1 : 0);
+    // Stream-K launches without PDL: the flags' memset must be complete before any CTA can set a flag.
+    return launchEx(usePdl() && !streamK, kernel, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX, S,
+                    static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT);
 }
 
 template <int T>
