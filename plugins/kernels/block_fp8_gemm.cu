@@ -664,13 +664,12 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
         return c;
     }
-    // Stream-K where a data-parallel walk of 256-token tiles would leave its last round at most 60% full (N = 8704:
-    // 68 row tiles on 132 SMs), with at least half a round of tiles and fewer than 8 rounds (from there on the
-    // walk's L2 locality is worth more than the lost round: qkv_global M = 8192 runs 907 µs data-parallel, 996 µs
-    // stream-K; gate_up M = 2048 836 vs 886).
+    // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk
+    // of 256-token tiles would leave its last round at most 60% full (N = 8704: 68 row tiles on 132 SMs; N = 3840 at
+    // M = 8192: 960 tiles = 7.3 rounds), given at least half a round of tiles.
     const long long tiles256 = static_cast<long long>(tilesN) * ceilDiv(M, 256);
     const long long lastRound = tiles256 % sms;
-    if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
+    if (2 * tiles256 >= sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
         c.tile = 256;
         c.splits = 0;
         return c;

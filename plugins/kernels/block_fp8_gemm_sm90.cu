@@ -506,11 +506,13 @@ __global__ void __launch_bounds__(384, 1)
 // with the 128-byte swizzle; 40 KB x 5 stages (T = 256) or 24 KB x 8 (T = 128).
 //
 // Stream-K (SK = true): where the tile count leaves the last round of a data-parallel walk mostly empty (68 row
-// tiles of N = 8704 on 132 SMs, say), the grid's G CTAs instead split ALL k-blocks of all tiles evenly: CTA c takes
-// units [U c / G, U (c+1) / G) of U = tiles x kBlocks, in tile order. So a CTA's range is the tail of one tile, some
-// whole tiles, and the head of another. A tile cut into pieces is finished by the CTA holding its head (k-block 0):
-// that piece is the LAST one its CTA computes, while the other pieces are the FIRST ones of the next CTAs, so the
-// owner almost never waits. A non-head piece can only be its CTA's first segment, so each CTA writes at most one
+// tiles of N = 8704 on 132 SMs, say), the grid's G CTAs walk whole tiles for all but the last one to two rounds
+// (dpRounds = tiles / G - 1), then split ALL k-blocks of the remaining tiles evenly: CTA c takes units
+// [U c / G, U (c+1) / G) of U = remaining tiles x kBlocks, in tile order. So that range is the tail of one tile,
+// maybe some whole tiles, and the head of another. A tile cut into pieces is finished by the CTA holding its head
+// (k-block 0): that piece is the LAST one its CTA computes, while the other pieces are the FIRST stream-K ones of
+// the next CTAs, so the owner almost never waits. A non-head piece can only be its CTA's first stream-K segment,
+// so each CTA writes at most one
 // FP32 partial tile (in accumulator-fragment order: coalesced, and read back by the same thread index) and sets a
 // flag per consumer warpgroup (release); the owner's threads acquire the flags of its partner CTAs, add the partials
 // to their own in a fixed order (deterministic) and store. All CTAs are resident at once (grid <= SMs, one CTA per
@@ -567,20 +569,24 @@ __global__ void __launch_bounds__(384, 1)
     const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
     auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, T, n0, m0); };
     // Segment i of this CTA: k-blocks [kb0, kb1) of `tile`; false past the last one. Data-parallel: whole tiles
-    // cta, cta + G, ...; stream-K: the pieces of the unit range [unitStart(cta), unitStart(cta + 1)).
-    const long long units = static_cast<long long>(tiles) * kBlocks;
-    auto unitStart = [&](int c) { return units * c / G; };
+    // cta, cta + G, ...; stream-K: the same for all but the last one to two rounds' worth of tiles (so most of the
+    // walk keeps the grouped order's L2 locality), then the pieces of the unit range [unitStart(cta),
+    // unitStart(cta + 1)) over the remaining tiles' k-blocks.
+    const int dpRounds = SK ? max(0, tiles / G - 1) : 0;
+    const long long skBase = static_cast<long long>(dpRounds) * G * kBlocks;
+    const long long skUnits = static_cast<long long>(tiles) * kBlocks - skBase;
+    auto unitStart = [&](int c) { return skBase + skUnits * c / G; };
     auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
-        if constexpr (!SK) {
+        if (!SK || i < dpRounds) {
             tile = cta + i * G;
             kb0 = 0;
             kb1 = kBlocks;
             return tile < tiles;
         }
         const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
-        tile = static_cast<int>(u0 / kBlocks) + i;
+        tile = static_cast<int>(u0 / kBlocks) + (i - dpRounds);
         const long long t0 = static_cast<long long>(tile) * kBlocks;
-        kb0 = i == 0 ? static_cast<int>(u0 - t0) : 0;
+        kb0 = i == dpRounds ? static_cast<int>(u0 - t0) : 0;
         kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
         return t0 + kb0 < u1;
     };
