@@ -64,8 +64,13 @@ int main(int argc, char** argv) {
         const char* name;
         int n, k;
     };
-    const Shape shapes[] = {{"qkv_sliding", 8192, 3840}, {"qkv_global", 8704, 3840}, {"o_sliding", 3840, 4096},
-                            {"o_global", 3840, 8192},    {"gate_up", 30720, 3840},   {"down", 3840, 15360}};
+    std::vector<Shape> shapes = {{"qkv_sliding", 8192, 3840}, {"qkv_global", 8704, 3840}, {"o_sliding", 3840, 4096},
+                                 {"o_global", 3840, 8192},    {"gate_up", 30720, 3840},   {"down", 3840, 15360}};
+    if (const char* only = std::getenv("SOL_SHAPE")) {  // "NxK": one other shape instead
+        int n = 0, k = 0;
+        if (std::sscanf(only, "%dx%d", &n, &k) != 2) return 2;
+        shapes = {{only, n, k}};
+    }
     cublasHandle_t h;
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 1;
     for (int a = 3; a < argc; ++a) {

@@ -665,11 +665,14 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         return c;
     }
     // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk
-    // of 256-token tiles would leave its last round at most 60% full (N = 8704: 68 row tiles on 132 SMs; N = 3840 at
-    // M = 8192: 960 tiles = 7.3 rounds), given at least half a round of tiles.
+    // of 256-token tiles would leave its last round at most 60% full (N = 8704: 68 row tiles on 132 SMs), given at
+    // least half a round and fewer than 8 rounds of tiles. The stream-K instantiation runs each k-block ~7% slower
+    // than the data-parallel one (same work, 8448 x 3840 at M = 2048: 214 vs 200 µs, a compiler scheduling
+    // difference) and pays a memset without PDL, so it wins only where a large part of a round is idle: qkv_global
+    // M = 512: 70.0 vs 82.2 µs, M = 1024: 123.0 vs 137.7, M = 2048: 238.1 vs 246.7; M = 4096: 459.0 vs 447.3 (lost).
     const long long tiles256 = static_cast<long long>(tilesN) * ceilDiv(M, 256);
     const long long lastRound = tiles256 % sms;
-    if (2 * tiles256 >= sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
+    if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
         c.tile = 256;
         c.splits = 0;
         return c;
