@@ -627,6 +627,8 @@ int streamResidentCtasPerSm(int nt, int rg, int depth, int warps) {
         err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 2>, warps * 32, smem);
     else if (nt == 1 && rg == 1 && depth == 3)
         err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 3>, warps * 32, smem);
+    else if (nt == 2 && rg == 2 && depth == 2)
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<2, 2, 2>, warps * 32, smem);
     return err == cudaSuccess ? blocks : 0;
 }
 
@@ -697,23 +699,38 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     const int kBlocks = ceilDiv(K, kBlock);
     const long long weightBytes = static_cast<long long>(N) * K;
     BlockFp8GemmConfig c;
+    // M = 9..16 on sm_90a with at least ~one wave of 128-row tiles (gate_up, the drafter's 16384 x 1024): the wgmma
+    // kernel's 16-token tile streams the weights through TMA faster than the register kernel (H200, M = 16: gate_up
+    // 39.8 vs 45.6 µs, 16384 x 1024 8.4 vs 9.4; qkv, 64 row tiles: 15.1 vs 12.5, so not there).
+    if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && wgmmaAvailable()) {
+        BlockFp8GemmConfig w = wgmmaConfig(M, N, K, sms);
+        w.tile = 16;
+        return w;
+    }
     // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
     if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20))) {
         c.kernel = BlockFp8GemmKernel::kStream;
         c.tile = M <= 8 ? 1 : (M <= 16 ? 2 : 4);
-        c.rowGroups = c.tile == 2 ? 2 : 1;           // M ≤ 16: two row groups share each activation fragment
-        c.warps = (c.tile == 4 || N >= 8192) ? 4 : 8;  // many row tiles: fewer, longer k-streams per CTA
-        c.depth = (c.tile == 1 && N >= 24576) ? 3 : 2;
+        c.rowGroups = c.tile == 2 ? 2 : 1;  // M ≤ 16: two row groups share each activation fragment
         int ctas = ceilDiv(N, 16 * c.rowGroups) * ceilDiv(M, 8 * c.tile);
+        // Many row tiles: fewer, longer k-streams per CTA; M = 17..32 with few row tiles (1024 x 8192): 8 warps
+        // split K inside the CTA (M = 24: 8.4 vs 12.4 µs with 4 warps and split-K 2).
+        c.warps = (c.tile == 4 ? 2 * ctas >= sms : N >= 8192) ? 4 : 8;
+        c.depth = (c.tile == 1 && N >= 24576) ? 3 : 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
-        // nearly empty second wave; two row groups per warp halve the grid back into one wave.
-        if (c.tile == 1) {
-            const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
-            if (slots > 0 && ctas > slots && 4 * ctas <= 5 * slots) {
-                c.rowGroups = 2;
-                c.depth = 2;
-                ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
-            }
+        // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave; M = 9..16
+        // (already two row groups: 272 CTAs for 264 slots): one row group and split-K 2, many small CTAs that
+        // balance (qkv_global M = 16: 17.3 vs 21.5 µs).
+        const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
+        const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
+        if (c.tile == 1 && overWave) {
+            c.rowGroups = 2;
+            c.depth = 2;
+            ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
+        } else if (c.tile == 2 && overWave) {
+            c.rowGroups = 1;
+            c.splits = 2;
+            return c;
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         return c;
