@@ -488,36 +488,217 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// ---- The persistent kernel: 256 (or 128) tokens per CTA, for large M and, with stream-K, mid M -----------------
+// ---- The wide kernel: 256 tokens per CTA, persistent, for large M ---------------------------------------------
 // Same roles and fragment path as wgmmaGemmKernel, with three differences that matter at large M:
-//  * 128 weight rows x T tokens per tile (wgmma m64nTk16, T = 256 or 128): each converted weight fragment feeds T
-//    tokens of tensor work, and the shared-memory traffic per FLOP (TMA writes + fragment loads + the wgmma's B
-//    reads) drops to what the smem port sustains;
+//  * 128 weight rows x 256 tokens per tile (wgmma m64n256k16): each converted weight fragment feeds twice the
+//    tensor work, and the shared-memory traffic per FLOP (TMA writes + fragment loads + the wgmma's B reads) drops
+//    to what the smem port sustains;
 //  * the accumulator is kept in units of the current block scale (acc *= s_prev / s_cur when the k-block's scale
 //    changes, acc *= s_last at the end; k-blocks with s = 0 contribute zero fragments and leave the unit alone), so
-//    one T/2-register accumulator holds the whole 64xT tile: exact up to FP32 rounding as long as acc / s stays in
+//    one 128-register accumulator holds the whole 64x256 tile: exact up to FP32 rounding as long as acc / s stays in
 //    the FP32 range for every nonzero block scale s of the row block (true for s = amax / 448 of real weights; a
 //    quantizer that stores a denormal-sized scale for an all-zero block would overflow it);
 //  * persistent CTAs (one per SM) walk the tiles in the grouped order; the producer runs into the next tile while
 //    the consumers store the last one, so neither the pipeline fill nor the epilogue leaves the tensor cores idle
 //    between tiles.
 // Stages are half k-blocks (64 k): weights [128 rows][64 B] with the 64-byte swizzle (16-byte chunk c of row r at
-// c ^ ((r >> 1) & 3): the 8 rows a warp reads per load hit 8 distinct 16-byte bank groups), tokens [T][64 bf16]
-// with the 128-byte swizzle; 40 KB x 5 stages (T = 256) or 24 KB x 8 (T = 128).
-//
-// Stream-K (SK = true): where the tile count leaves the last round of a data-parallel walk mostly empty (68 row
-// tiles of N = 8704 on 132 SMs, say), the grid's G CTAs walk whole tiles for all but the last one to two rounds
-// (dpRounds = tiles / G - 1), then split ALL k-blocks of the remaining tiles evenly: CTA c takes units
-// [U c / G, U (c+1) / G) of U = remaining tiles x kBlocks, in tile order. So that range is the tail of one tile,
-// maybe some whole tiles, and the head of another. A tile cut into pieces is finished by the CTA holding its head
-// (k-block 0): that piece is the LAST one its CTA computes, while the other pieces are the FIRST stream-K ones of
-// the next CTAs, so the owner almost never waits. A non-head piece can only be its CTA's first stream-K segment,
-// so each CTA writes at most one
-// FP32 partial tile (in accumulator-fragment order: coalesced, and read back by the same thread index) and sets a
-// flag per consumer warpgroup (release); the owner's threads acquire the flags of its partner CTAs, add the partials
-// to their own in a fixed order (deterministic) and store. All CTAs are resident at once (grid <= SMs, one CTA per
-// SM, and dependents launch only after every CTA has started), so the waits cannot deadlock. Workspace: the flags
-// (zeroed by the launcher) and G partial tiles.
+// c ^ ((r >> 1) & 3): the 8 rows a warp reads per load hit 8 distinct 16-byte bank groups), tokens [256][64 bf16]
+// with the 128-byte swizzle, 40 KB per stage, 5 stages.
+struct WideShape {
+    static constexpr int T = 256;
+    static constexpr int STAGES = 5;
+    static constexpr int W_BYTES = kRows * 64;  // 8 KB FP8
+    static constexpr int X_BYTES = T * 128;     // [256][64] bf16
+    static constexpr int STAGE = W_BYTES + X_BYTES;
+    static constexpr int BARS = STAGES * STAGE;
+    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;
+    static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
+    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
+};
+
+__global__ void __launch_bounds__(384, 1)
+    wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
+                    int tilesT) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = WideShape;
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const int kStages = (K + 63) / 64;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int tiles = tilesN * tilesT;
+    auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, Sh::T, n0, m0); };
+
+    initStageBarriers(fullBar, emptyBar, STAGES);
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            prefetchTensorMaps(&tmW, &tmX);
+            int c = 0;  // stage counter, continuous across tiles
+            bool waited = false;
+#pragma unroll 1
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int n0, m0;
+                tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                for (int i = 0; i < kStages; ++i, ++c) {
+                    const int s = c % STAGES;
+                    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
+                    const uint32_t st = sbase + s * Sh::STAGE;
+                    mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                    tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
+                    if (!waited) {  // PDL: the first weights are requested before the previous kernel ends
+                        waitForPrerequisite();
+                        waited = true;
+                    }
+                    tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
+                }
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
+    uint32_t offs[4];  // 64-byte swizzle: rows g and g+8 XOR the chunk index with (g / 2) % 4
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
+    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;
+    waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
+
+    // One 128-register accumulator (64 rows x 256 tokens). Per k-block (two stages, one scale) the warpgroup issues
+    // both stages' wgmma batches back to back (they chain on the accumulator), converts the next k-block's first
+    // stage while they run, and waits once: the only gap in its tensor work is the rescale at the k-block
+    // boundary, which the other consumer warpgroup's batches cover. (Splitting the accumulator in two halves to
+    // rescale one while the other runs makes ptxas 13.0 serialize every wgmma of the kernel: C7514.)
+    // Fragment buffers rotate over two k-blocks: A, B for k-block 2q (C gets 2q+1's first stage), C, D for 2q+1.
+    float acc[Sh::T / 2];
+    uint32_t fragA[4][4], fragB[4][4], fragC[4][4], fragD[4][4];
+    int c = 0;
+    if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int n0, m0;
+        tileOrigin(tile, n0, m0);
+        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
+#pragma unroll
+        for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
+        float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
+        const int kBlocksTile = (kStages + 1) / 2;
+
+        // K-block kb: f0 holds its first stage (converted), f1 receives its second, g0 the next k-block's first.
+        // The wgmmas are issued unconditionally (branches around them make ptxas serialize): an all-zero block
+        // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
+        auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
+        auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
+            const float sc = __ldg(sRow + kb);
+            const float scNext = 2 * kb + 2 < kStages ? __ldg(sRow + kb + 1) : 0.f;
+            const bool two = 2 * kb + 1 < kStages;
+            const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
+            if (sc != 0.f && sc != unit) {  // acc is idle here: the previous k-block ended with a wait
+                if (unit != 0.f && !(TRT_GEMMA4_SOL & 4)) {  // (probe 4: no rescale, wrong results)
+                    const float ratio = unit / sc;
+#pragma unroll
+                    for (int r = 0; r < Sh::T / 2; ++r) acc[r] *= ratio;
+                }
+                unit = sc;
+            }
+            fenceRegs(acc);
+            waitTurn(cw);
+            wgmmaFence();
+            {
+                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
+            }
+            wgmmaCommit();
+            if (two) {
+                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
+                loadWeightFrags<4, 64>(f1, rowAddr + s1 * Sh::STAGE, offs, sel, multFor(sc));
+                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
+                wgmmaFence();  // f1 was written since the last fence
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
+                wgmmaCommit();
+            }
+            passTurn(cw);
+            const int cn = c + (two ? 2 : 1);
+            if (2 * kb + 2 < kStages) {
+                mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
+                loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * Sh::STAGE, offs, sel, multFor(scNext));
+            }
+            wgmmaWaitAll();
+            fenceRegs(acc);
+            fenceFrags(f0);
+            fenceFrags(f1);
+            __syncwarp();
+            if (lane == 0) {
+                mbarArrive(emptyBar + 8 * s0);
+                if (two) mbarArrive(emptyBar + 8 * s1);
+            }
+            c = cn;
+        };
+
+        mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, multFor(__ldg(sRow)));
+#pragma unroll 1
+        for (int kb = 0; kb < kBlocksTile; kb += 2) {
+            kblock(kb, fragA, fragB, fragC);
+            if (kb + 1 < kBlocksTile) kblock(kb + 1, fragC, fragD, fragA);
+        }
+        // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
+        // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
+        // already in flight meanwhile.
+        const int n = n0 + 64 * cw + 16 * w4 + g;
+#pragma unroll
+        for (int j = 0; j < Sh::T / 8; ++j) {
+            const int m = m0 + 8 * j + 2 * t;
+            if (m < M) {
+                __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
+            }
+            if (m + 1 < M) {
+                __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
+            }
+        }
+    }
+    if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+    allowDependents();
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// ---- Stream-K: the wide kernel's loop over pieces of tiles, for mid M -----------------------------------------
+// Where the tile count leaves the last round of a data-parallel walk mostly empty (68 row tiles of N = 8704 on 132
+// SMs, say), the grid's G CTAs walk whole tiles for all but the last one to two rounds (dpRounds = tiles / G - 1),
+// then split ALL k-blocks of the remaining tiles evenly: CTA c takes units [U c / G, U (c+1) / G) of U = remaining
+// tiles x kBlocks, in tile order. So that range is the tail of one tile, maybe some whole tiles, and the head of
+// another. A tile cut into pieces is finished by the CTA holding its head (k-block 0): that piece is the LAST one its
+// CTA computes, while the other pieces are the FIRST stream-K ones of the next CTAs, so the owner almost never waits.
+// A non-head piece can only be its CTA's first stream-K segment, so each CTA writes at most one FP32 partial tile (in
+// accumulator-fragment order: coalesced, and read back by the same thread index) and sets a flag per consumer
+// warpgroup (release); the owner's threads acquire the flags of its partner CTAs, add the partials to their own in a
+// fixed order (deterministic) and store. All CTAs are resident at once (grid <= SMs, one CTA per SM, and dependents
+// launch only after every CTA has started), so the waits cannot deadlock. Workspace: the flags (zeroed by the
+// launcher) and G partial tiles. T = 256 or 128 tokens per tile.
+// This is a separate kernel with its own copy of the wide kernel's k-block loop: one template for both compiled the
+// data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests, so the wide kernel
+// keeps its measured code (identical SASS).
 template <int T>
 struct PersistShape {
     static constexpr int STAGES = T == 256 ? 5 : 8;
@@ -549,10 +730,9 @@ __device__ __forceinline__ void stRelease(int* p, int v) {
 }
 #endif
 
-// SK: stream-K; a separate instantiation, so the data-parallel kernel carries none of its code.
-template <int T, bool SK>
+template <int T>
 __global__ void __launch_bounds__(384, 1)
-    wgmmaPersistentKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+    wgmmaStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                           const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags,
                           float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
@@ -572,12 +752,12 @@ __global__ void __launch_bounds__(384, 1)
     // cta, cta + G, ...; stream-K: the same for all but the last one to two rounds' worth of tiles (so most of the
     // walk keeps the grouped order's L2 locality), then the pieces of the unit range [unitStart(cta),
     // unitStart(cta + 1)) over the remaining tiles' k-blocks.
-    const int dpRounds = SK ? max(0, tiles / G - 1) : 0;
+    const int dpRounds = max(0, tiles / G - 1);
     const long long skBase = static_cast<long long>(dpRounds) * G * kBlocks;
     const long long skUnits = static_cast<long long>(tiles) * kBlocks - skBase;
     auto unitStart = [&](int c) { return skBase + skUnits * c / G; };
     auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
-        if (!SK || i < dpRounds) {
+        if (i < dpRounds) {
             tile = cta + i * G;
             kb0 = 0;
             kb1 = kBlocks;
@@ -661,7 +841,7 @@ __global__ void __launch_bounds__(384, 1)
         // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
         auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            const bool more = SK ? kb + 1 < kb1 : 2 * kb + 2 < kStages;  // this segment has a next k-block
+            const bool more = kb + 1 < kb1;  // this segment has a next k-block
             const float sc = __ldg(sRow + kb);
             const float scNext = more ? __ldg(sRow + kb + 1) : 0.f;
             const bool two = 2 * kb + 1 < kStages;
@@ -717,34 +897,31 @@ __global__ void __launch_bounds__(384, 1)
             kblock(kb, fragA, fragB, fragC);
             if (kb + 1 < kb1) kblock(kb + 1, fragC, fragD, fragA);
         }
-        if constexpr (SK) {
 #pragma unroll
-            for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
-            unit = 1.f;
-            if (kb0 > 0) {
-                // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
-                float* P = skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128 + tid;
+        for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
+        if (kb0 > 0) {
+            // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
+            float* P = skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128 + tid;
 #pragma unroll
-                for (int r = 0; r < T / 2; ++r) __stcg(P + r * 128, acc[r]);
-                namedBarrier(2 + cw, 128);
-                if (tid == 0) {
-                    __threadfence();
-                    stRelease(skFlags + 2 * cta + cw, 1);
-                }
-                return;
+            for (int r = 0; r < T / 2; ++r) __stcg(P + r * 128, acc[r]);
+            namedBarrier(2 + cw, 128);
+            if (tid == 0) {
+                __threadfence();
+                stRelease(skFlags + 2 * cta + cw, 1);
             }
-            if (kb1 < kBlocks) {
-                // The head piece of a tile cut in pieces: add the partials of the partner CTAs (which took its
-                // later k-blocks).
-                const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
+            return;
+        }
+        if (kb1 < kBlocks) {
+            // The head piece of a tile cut in pieces: add the partials of the partner CTAs (which took its
+            // later k-blocks).
+            const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
 #pragma unroll 1
-                for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
-                    while (ldAcquire(skFlags + 2 * p + cw) == 0) {
-                    }
-                    const float* P = skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128 + tid;
-#pragma unroll
-                    for (int r = 0; r < T / 2; ++r) acc[r] += __ldcg(P + r * 128);
+            for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
+                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
                 }
+                const float* P = skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128 + tid;
+#pragma unroll
+                for (int r = 0; r < T / 2; ++r) acc[r] += __ldcg(P + r * 128);
             }
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
@@ -756,24 +933,19 @@ __global__ void __launch_bounds__(384, 1)
             const int m = m0 + 8 * j + 2 * t;
             if (m < M) {
                 __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j]);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2]);
             }
             if (m + 1 < M) {
                 __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
+                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1]);
+                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3]);
             }
         }
     };
-    if constexpr (SK) {
-        int tile, kb0, kb1;
+    int tile, kb0, kb1;
 #pragma unroll 1
-        for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) runSegment(tile, kb0, kb1);
-    } else {
-#pragma unroll 1
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) runSegment(tile, 0, (kStages + 1) / 2);
-    }
+    for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) runSegment(tile, kb0, kb1);
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
 #elif defined(__CUDA_ARCH__)
@@ -810,10 +982,29 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The persistent kernel with T tokens per tile; streamK: workspace holds streamKBytes(grid, T) bytes.
+cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
+                       cudaStream_t stream) {
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    if (tiles > 2147483647ll) return cudaErrorInvalidValue;
+    const int grid = static_cast<int>(std::min<long long>(tiles, smCount()));
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
+}
+
+// The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes.
 template <int T>
-cudaError_t launchPersistent(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int M, int N,
-                             int K, bool streamK, cudaStream_t stream) {
+cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int M, int N,
+                          int K, cudaStream_t stream) {
+    if (workspace == nullptr) return cudaErrorInvalidValue;
     CUtensorMap tmW, tmX;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
@@ -822,23 +1013,17 @@ cudaError_t launchPersistent(const void* X, const uint8_t* W, const float* S, vo
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
     const long long kBlocks = (K + kKBlock - 1) / kKBlock;
     if (tiles * kBlocks > 2147483647ll) return cudaErrorInvalidValue;
-    // Stream-K: one CTA per SM (never more CTAs than k-blocks in all); data-parallel: one per tile up to that.
-    const int grid = static_cast<int>(std::min<long long>(streamK ? tiles * kBlocks : tiles, smCount()));
-    int* flags = nullptr;
-    float* partials = nullptr;
-    if (streamK) {
-        if (workspace == nullptr) return cudaErrorInvalidValue;
-        flags = static_cast<int*>(workspace);
-        partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
-        const cudaError_t e = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
-        if (e != cudaSuccess) return e;
-    }
-    auto* kernel = streamK ? wgmmaPersistentKernel<T, true> : wgmmaPersistentKernel<T, false>;
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PersistShape<T>::SMEM);
+    // One CTA per SM, never more CTAs than k-blocks in all.
+    const int grid = static_cast<int>(std::min<long long>(tiles * kBlocks, smCount()));
+    int* flags = static_cast<int*>(workspace);
+    float* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
+    cudaError_t err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
     if (err != cudaSuccess) return err;
-    // Stream-K launches without PDL: the flags' memset must be complete before any CTA can set a flag.
-    return launchEx(usePdl() && !streamK, kernel, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX, S,
+    err = cudaFuncSetAttribute(wgmmaStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               PersistShape<T>::SMEM);
+    if (err != cudaSuccess) return err;
+    // No PDL: the flags' memset must be complete before any CTA can set a flag.
+    return launchEx(false, wgmmaStreamKKernel<T>, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX, S,
                     static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT);
 }
 
@@ -890,8 +1075,8 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
         if (partial == nullptr) return cudaErrorInvalidValue;
-        if (tokTile == 256) return launchPersistent<256>(X, W, S, Y, partial, M, N, K, true, stream);
-        if (tokTile == 128) return launchPersistent<128>(X, W, S, Y, partial, M, N, K, true, stream);
+        if (tokTile == 256) return launchStreamK<256>(X, W, S, Y, partial, M, N, K, stream);
+        if (tokTile == 128) return launchStreamK<128>(X, W, S, Y, partial, M, N, K, stream);
         return cudaErrorInvalidValue;
     }
     if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
@@ -902,7 +1087,7 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
         case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
-            return launchPersistent<256>(X, W, S, Y, nullptr, M, N, K, false, stream);
+            return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
 }
