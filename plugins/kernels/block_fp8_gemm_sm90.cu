@@ -60,7 +60,7 @@ namespace {
 
 // Speed-of-light probes for the benchmark notes (scripts/sol_gemm_sm90.sh builds them; never set in a real build):
 // bit 1 skips the FP8 -> BF16 conversion, bit 2 also the weight loads from shared memory, bit 4 the accumulator
-// rescale of the wide kernel. Each gives wrong results and only measures what the removed work costs.
+// rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits).
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -900,10 +900,15 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
         if (kb0 > 0) {
+            if (TRT_GEMMA4_SOL & 8) return;  // (probe 8: no fix-up, wrong results)
             // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
-            float* P = skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128 + tid;
+            // Layout [r / 4][tid][4]: one coalesced 16-byte store per 4 values (and one load on the owner's side:
+            // few, wide loads keep its read-back to about two L2 round trips per partner).
+            float4* P =
+                reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
-            for (int r = 0; r < T / 2; ++r) __stcg(P + r * 128, acc[r]);
+            for (int q = 0; q < T / 8; ++q)
+                __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
             namedBarrier(2 + cw, 128);
             if (tid == 0) {
                 __threadfence();
@@ -911,7 +916,7 @@ __global__ void __launch_bounds__(384, 1)
             }
             return;
         }
-        if (kb1 < kBlocks) {
+        if (kb1 < kBlocks && !(TRT_GEMMA4_SOL & 8)) {
             // The head piece of a tile cut in pieces: add the partials of the partner CTAs (which took its
             // later k-blocks).
             const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
@@ -919,9 +924,16 @@ __global__ void __launch_bounds__(384, 1)
             for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
                 while (ldAcquire(skFlags + 2 * p + cw) == 0) {
                 }
-                const float* P = skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128 + tid;
+                const float4* P = reinterpret_cast<const float4*>(
+                                      skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
-                for (int r = 0; r < T / 2; ++r) acc[r] += __ldcg(P + r * 128);
+                for (int q = 0; q < T / 8; ++q) {
+                    const float4 v = __ldcg(P + q * 128);
+                    acc[4 * q] += v.x;
+                    acc[4 * q + 1] += v.y;
+                    acc[4 * q + 2] += v.z;
+                    acc[4 * q + 3] += v.w;
+                }
             }
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
