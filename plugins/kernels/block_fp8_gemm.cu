@@ -766,6 +766,8 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
+    if (config.kernel == BlockFp8GemmKernel::kWgmma && config.tile > 0 && config.tile <= 128)
+        return wgmmaSplitWorkspace(M, N, config.tile, config.splits);  // either partial layout fits
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
 }
 
@@ -779,7 +781,7 @@ bool blockFp8WoGemmPrefersDequant(int M, int /*N*/, int /*K*/) {
 
 cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* Wq, const float* S,
                                      __nv_bfloat16* Y, int M, int N, int K, const BlockFp8GemmConfig& config,
-                                     void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+                                     void* workspace, size_t workspaceBytes, cudaStream_t stream, int* semaphores) {
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
@@ -828,7 +830,12 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
             default: err = launchTiled<Tile5>(grid, X, W, S, Y, partial, M, N, K, stream); break;
         }
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
-        err = launchWgmmaGemm(X, W, S, Y, partial, M, N, K, config.tile, config.splits, stream);
+        // Split-K summed inside the kernel where the caller gave semaphores and they cover every weight tile.
+        const bool fused = semaphores != nullptr && config.splits > 1 && config.tile > 0 && config.tile <= 128 &&
+                           static_cast<long long>(ceilDiv(N, 128)) * ceilDiv(M, config.tile) <= kBlockFp8GemmSemaphores;
+        err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 || fused ? semaphores : nullptr, M, N, K,
+                              config.tile, config.splits, stream);
+        if (fused) return err;
     } else {
         return cudaErrorInvalidValue;
     }
@@ -840,9 +847,10 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
 }
 
 cudaError_t blockFp8WoGemm(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Y, int M,
-                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream,
+                           int* semaphores) {
     return blockFp8WoGemmWithConfig(X, W, S, Y, M, N, K, blockFp8WoGemmDefaultConfig(M, N, K), workspace,
-                                    workspaceBytes, stream);
+                                    workspaceBytes, stream, semaphores);
 }
 
 cudaError_t blockFp8Dequantize(const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Wout, int N, int K,

@@ -75,6 +75,13 @@ struct BlockFp8GemmConfig {
     int depth = 3;      // stream only: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4)
 };
 
+// Semaphores: an optional int32 buffer of kBlockFp8GemmSemaphores entries, zeroed ONCE by its owner (e.g.
+// cudaMemset right after allocation); every call leaves it zero again. With it, split-K partials are summed inside
+// the GEMM (the last CTA of each weight tile adds them; no reduce pass) and stream-K needs no memset, so both keep
+// programmatic dependent launch. One buffer per stream (or TensorRT execution context): two GEMMs that may run at
+// the same time must not share it. nullptr: the reduce pass / memset are used (same results, bit for bit).
+constexpr int kBlockFp8GemmSemaphores = 4096;
+
 // The measured default configuration for a problem size on the current device.
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K);
 
@@ -86,12 +93,14 @@ size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N
 // Y = X · dequant(W, S)ᵀ with the default configuration. Returns cudaErrorInvalidValue for bad sizes, alignment
 // or a too-small workspace, else the launch status (asynchronous errors surface later, as usual).
 cudaError_t blockFp8WoGemm(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S, __nv_bfloat16* Y, int M,
-                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream);
+                           int N, int K, void* workspace, size_t workspaceBytes, cudaStream_t stream,
+                           int* semaphores = nullptr);
 
 // Same with an explicit configuration (benchmarks and tuning).
 cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3* W, const float* S,
                                      __nv_bfloat16* Y, int M, int N, int K, const BlockFp8GemmConfig& config,
-                                     void* workspace, size_t workspaceBytes, cudaStream_t stream);
+                                     void* workspace, size_t workspaceBytes, cudaStream_t stream,
+                                     int* semaphores = nullptr);
 
 // Dequantize to BF16 [N, K] (w·s computed in FP32 and rounded once to BF16, exactly the eager reference's BF16
 // weight). Not used by the dispatch: a GEMM on it adds ~1.4e-3 relative error (w·s rounding) to the ~1.7e-3 of

@@ -6,8 +6,11 @@
 //       Follows the measured dispatch: our kernels, or for very large M a split dequantize + one cuBLAS BF16 GEMM
 //       with K doubled (block_fp8_gemm.cuh, blockFp8DequantizeSplit), which keeps the FP32-scale accuracy.
 //   trt_gemma4::block_fp8_gemm_out(x, w, s, Tensor(a!) out) -> Tensor(a!)     writes into `out`
-//   trt_gemma4::block_fp8_gemm_config(x, w, s, kernel, tile, row_groups, warps, splits, depth=3, out=None)
-//       our kernels with an explicit configuration (benchmarks, tuning and tests of every code path).
+//   trt_gemma4::block_fp8_gemm_config(x, w, s, kernel, tile, row_groups, warps, splits, depth=3, out=None,
+//                                     semaphores=True)
+//       our kernels with an explicit configuration (benchmarks, tuning and tests of every code path);
+//       semaphores=False takes the reduce-pass / memset form of split-K and stream-K (block_fp8_gemm.cuh).
+// Every call passes the GEMM a semaphore buffer of this (device, stream), zeroed once when first used.
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
 //       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant] of the default dispatch on this device.
 //   trt_gemma4::block_fp8_dequantize(Tensor w, Tensor s) -> Tensor    bf16 [N, K] = w · s rounded to BF16
@@ -16,7 +19,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <map>
+#include <mutex>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "block_fp8_gemm.cuh"
@@ -24,6 +30,23 @@
 namespace {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The GEMM's semaphores for this device and stream: zeroed once (on the stream, so before the first GEMM that
+// uses them) and left zero by every call; one buffer per stream because GEMMs on different streams may overlap.
+// Kept for the life of the process (the map is never destroyed: no frees racing the CUDA teardown at exit).
+int* semaphoresFor(const at::Device& device, cudaStream_t stream) {
+    static std::mutex mu;
+    static auto* buffers = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto key = std::make_pair(static_cast<int>(device.index()), stream);
+    auto it = buffers->find(key);
+    if (it == buffers->end())
+        it = buffers
+                 ->emplace(key, at::zeros({trt_gemma4::kBlockFp8GemmSemaphores},
+                                          at::TensorOptions().dtype(at::kInt).device(device)))
+                 .first;
+    return it->second.data_ptr<int>();
+}
 
 // Checks w and s and returns s as a contiguous [ceil(N/128), ceil(K/128)] view.
 at::Tensor checkWeight(const at::Tensor& w, const at::Tensor& s) {
@@ -46,7 +69,7 @@ at::Tensor checkWeight(const at::Tensor& w, const at::Tensor& s) {
 // y_out, when given, must be a contiguous bf16 tensor of the output's size; it is written in place (tests poison
 // it with NaN first to prove every element is written).
 at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const trt_gemma4::BlockFp8GemmConfig* config,
-               const at::Tensor* yOut) {
+               const at::Tensor* yOut, bool useSemaphores = true) {
     const at::Tensor s2 = checkWeight(w, s);
     TORCH_CHECK(x.is_cuda() && x.device() == w.device(), "block_fp8_gemm: x must be on w's CUDA device");
     TORCH_CHECK(x.scalar_type() == at::kBFloat16, "block_fp8_gemm: x must be bfloat16, got ", x.scalar_type());
@@ -86,7 +109,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
     const cudaError_t err = trt_gemma4::blockFp8WoGemmWithConfig(
         reinterpret_cast<const __nv_bfloat16*>(x2.data_ptr()), reinterpret_cast<const __nv_fp8_e4m3*>(w.data_ptr()),
         s2.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), m, n, k, c, ws.data_ptr(), wsBytes,
-        stream);
+        stream, useSemaphores ? semaphoresFor(x.device(), stream) : nullptr);
     TORCH_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
                 static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, "): ", cudaGetErrorString(err));
     return y.view(outShape);
@@ -103,7 +126,7 @@ at::Tensor& blockFp8GemmOut(const at::Tensor& x, const at::Tensor& w, const at::
 
 at::Tensor blockFp8GemmConfig(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t kernel,
                               int64_t tile, int64_t rowGroups, int64_t warps, int64_t splits, int64_t depth,
-                              const std::optional<at::Tensor>& y) {
+                              const std::optional<at::Tensor>& y, bool semaphores) {
     trt_gemma4::BlockFp8GemmConfig c;
     c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(kernel);
     c.tile = static_cast<int>(tile);
@@ -111,7 +134,7 @@ at::Tensor blockFp8GemmConfig(const at::Tensor& x, const at::Tensor& w, const at
     c.warps = static_cast<int>(warps);
     c.splits = static_cast<int>(splits);
     c.depth = static_cast<int>(depth);
-    return run(x, w, s, &c, y.has_value() ? &*y : nullptr);
+    return run(x, w, s, &c, y.has_value() ? &*y : nullptr, semaphores);
 }
 
 std::vector<int64_t> blockFp8GemmDefaultConfig(int64_t M, int64_t N, int64_t K) {
@@ -140,7 +163,7 @@ TORCH_LIBRARY_FRAGMENT(trt_gemma4, m) {
     m.def("block_fp8_gemm(Tensor x, Tensor w, Tensor s) -> Tensor");
     m.def(
         "block_fp8_gemm_config(Tensor x, Tensor w, Tensor s, int kernel, int tile, int row_groups, int warps, "
-        "int splits, int depth=3, Tensor(a!)? out=None) -> Tensor");
+        "int splits, int depth=3, Tensor(a!)? out=None, bool semaphores=True) -> Tensor");
     m.def("block_fp8_gemm_out(Tensor x, Tensor w, Tensor s, Tensor(a!) out) -> Tensor(a!)");
     m.def("block_fp8_dequantize(Tensor w, Tensor s) -> Tensor");
     m.def("block_fp8_gemm_default_config(int M, int N, int K) -> int[]", &blockFp8GemmDefaultConfig);

@@ -46,6 +46,7 @@ BlockFp8WoGemmPlugin::BlockFp8WoGemmPlugin(BlockFp8GemmFields const& fields)
 
 BlockFp8WoGemmPlugin::BlockFp8WoGemmPlugin(BlockFp8WoGemmPlugin const& other)
     : mFields(other.mFields)
+    , mSemaphores(other.mSemaphores)
 {
     bindFields(); // the copied table would point into `other`
 }
@@ -220,13 +221,43 @@ int32_t BlockFp8WoGemmPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     size_t const wsBytes = blockFp8WoGemmWorkspace(static_cast<int>(m), n, k);
     cudaError_t const status = blockFp8WoGemm(static_cast<__nv_bfloat16 const*>(inputs[kX]),
         static_cast<__nv_fp8_e4m3 const*>(inputs[kW]), static_cast<float const*>(inputs[kS]),
-        static_cast<__nv_bfloat16*>(outputs[0]), static_cast<int>(m), n, k, workspace, wsBytes, stream);
+        static_cast<__nv_bfloat16*>(outputs[0]), static_cast<int>(m), n, k, workspace, wsBytes, stream,
+        mSemaphores.get());
     return checkLaunch(kName, "blockFp8WoGemm", status);
 }
 
 IPluginV3* BlockFp8WoGemmPlugin::attachToContext(IPluginResourceContext*) noexcept
 {
-    return clone(); // no per-context resources
+    auto* attached = static_cast<BlockFp8WoGemmPlugin*>(clone());
+    if (attached != nullptr)
+        attached->allocateSemaphores(); // this context's own buffer, never shared with another context
+    return attached;
+}
+
+void BlockFp8WoGemmPlugin::allocateSemaphores() noexcept
+{
+    mSemaphores.reset();
+    int* buffer = nullptr;
+    size_t const bytes = sizeof(int) * kBlockFp8GemmSemaphores;
+    // Zeroed once here (and the zeros are complete before any enqueue: synchronous); each GEMM leaves them zero.
+    if (cudaMalloc(&buffer, bytes) != cudaSuccess || cudaMemset(buffer, 0, bytes) != cudaSuccess
+        || cudaDeviceSynchronize() != cudaSuccess)
+    {
+        if (buffer != nullptr)
+            cudaFree(buffer);
+        (void) cudaGetLastError();
+        logError(std::string(kName) + ": attachToContext: could not allocate " + std::to_string(bytes)
+            + " bytes of GEMM semaphores; split-K GEMMs use their slower reduce-pass form");
+        return;
+    }
+    try
+    {
+        mSemaphores = std::shared_ptr<int>(buffer, [](int* p) { cudaFree(p); });
+    }
+    catch (std::exception const&)
+    {
+        cudaFree(buffer);
+    }
 }
 
 PluginFieldCollection const* BlockFp8WoGemmPlugin::getFieldsToSerialize() noexcept

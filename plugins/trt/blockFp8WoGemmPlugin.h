@@ -8,6 +8,8 @@
 
 #include "pluginCommon.h"
 
+#include <memory>
+
 namespace trt_gemma4 {
 
 struct BlockFp8GemmFields
@@ -69,9 +71,14 @@ public:
 
 private:
     void bindFields();
+    void allocateSemaphores() noexcept;
 
     BlockFp8GemmFields mFields;
     FieldTable mSerialized;
+    // The GEMM's semaphores (block_fp8_gemm.cuh: zeroed once, left zero by every call), one buffer per plugin
+    // instance attached to an execution context, so layers that TensorRT runs concurrently never share one. Empty
+    // (nullptr) until attachToContext, and if the allocation fails: the GEMM then takes its reduce-pass form.
+    std::shared_ptr<int> mSemaphores;
 };
 
 class BlockFp8WoGemmCreator : public nvinfer1::IPluginCreatorV3One
