@@ -766,8 +766,6 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
-    if (config.kernel == BlockFp8GemmKernel::kWgmma && config.tile > 0 && config.tile <= 128)
-        return wgmmaSplitWorkspace(M, N, config.tile, config.splits);  // either partial layout fits
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
 }
 
@@ -830,12 +828,8 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
             default: err = launchTiled<Tile5>(grid, X, W, S, Y, partial, M, N, K, stream); break;
         }
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
-        // Split-K summed inside the kernel where the caller gave semaphores and they cover every weight tile.
-        const bool fused = semaphores != nullptr && config.splits > 1 && config.tile > 0 && config.tile <= 128 &&
-                           static_cast<long long>(ceilDiv(N, 128)) * ceilDiv(M, config.tile) <= kBlockFp8GemmSemaphores;
-        err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 || fused ? semaphores : nullptr, M, N, K,
-                              config.tile, config.splits, stream);
-        if (fused) return err;
+        err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
+                              config.splits, stream);
     } else {
         return cudaErrorInvalidValue;
     }

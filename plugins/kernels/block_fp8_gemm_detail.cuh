@@ -110,16 +110,11 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, c
 bool wgmmaAvailable();
 
 // Runs the Hopper wgmma kernels with token tile `tokTile` (16, 32, 64, 128; 256 = the persistent kernel,
-// splits = 1) and `splits` k-splits (partial != nullptr when splits > 1). Without semaphores (sem = nullptr) the
-// partials are FP32 [splits][M][N], summed by the caller's reduce pass; with them (splits > 1, at most
-// kBlockFp8GemmSemaphores tiles) the last CTA of each tile sums them and stores Y (workspace
-// wgmmaSplitWorkspace). splits = 0: the stream-K kernel (tokTile 128 or 256), `partial` = its workspace of
-// wgmmaStreamKWorkspace(tokTile) bytes, flags in `sem` when given (else zeroed in the workspace by a memset), no
-// reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
+// splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by
+// the caller's reduce pass). splits = 0: the stream-K kernel (tokTile 128 or 256), `partial` = its workspace of
+// wgmmaStreamKWorkspace(tokTile) bytes, its flags in `sem` when given (else zeroed in the workspace by a memset),
+// no reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
 size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
-inline size_t wgmmaSplitWorkspace(int M, int N, int tokTile, int splits) {  // >= splits * M * N * 4 as well
-    return static_cast<size_t>(splits) * ((N + 127) / 128 * 128) * ((M + tokTile - 1) / tokTile * tokTile) * 4;
-}
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream);
 

@@ -328,8 +328,8 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 template <int T>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
-                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
-                    int* __restrict__ sem, int M, int N, int K, int tilesN, int tilesT, int kbPerSplit) {
+                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M,
+                    int N, int K, int tilesN, int tilesT, int kbPerSplit) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WgShape<T>;
     constexpr int STAGES = Sh::STAGES;
@@ -445,60 +445,7 @@ __global__ void __launch_bounds__(384, 1)
     // Accumulator layout (wgmma m64nN, FP32): acc[4j + {0,1,2,3}] = (row 16 w4 + g (+8 for 2,3), token 8j + 2t
     // (+1 for 1,3)); rows are output features n, tokens are output rows m.
     const int feat = 16 * w4 + g;
-    bool storeBf16 = partial == nullptr;
-    if (partial != nullptr && sem != nullptr) {
-        // Split-K summed here (semaphores given): every CTA of the tile publishes its FP32 partial (fragment order,
-        // [r / 4][tid][4], 16-byte stores), counts itself in on the tile's semaphore, and the LAST one to arrive sums
-        // all the tile's partials in split order (its own from registers: the same order whichever CTA is last, so
-        // the result is deterministic), resets the semaphore to 0 and stores BF16. No reduce pass, no second kernel.
-        __shared__ int lastArrival;
-        const int tile = static_cast<int>(blockIdx.x), z = static_cast<int>(blockIdx.y);
-        const int splits = static_cast<int>(gridDim.y);
-        auto slot = [&](int zz) {
-            return reinterpret_cast<float4*>(partial + ((static_cast<size_t>(tile) * splits + zz) * 2 + cw) * (T / 2) *
-                                                           128) + tid;
-        };
-        float4* mine = slot(z);
-#pragma unroll
-        for (int q = 0; q < T / 8; ++q)
-            __stcg(mine + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-        namedBarrier(1, 256);  // both consumer warpgroups' partials are written
-        if (threadIdx.x == 128) {
-            __threadfence();
-            const int last = atomicAdd(sem + tile, 1) == splits - 1;
-            if (last) {
-                sem[tile] = 0;  // every CTA of the tile has arrived: leave the semaphore as we found it
-                __threadfence();
-            }
-            lastArrival = last;
-        }
-        namedBarrier(1, 256);
-        if (!lastArrival) return;
-        float sum[T / 2];
-#pragma unroll
-        for (int r = 0; r < T / 2; ++r) sum[r] = 0.f;
-#pragma unroll 1
-        for (int zz = 0; zz < splits; ++zz) {
-            if (zz == z) {
-#pragma unroll
-                for (int r = 0; r < T / 2; ++r) sum[r] += acc[r];
-            } else {
-                const float4* P = slot(zz);
-#pragma unroll
-                for (int q = 0; q < T / 8; ++q) {
-                    const float4 v = __ldcg(P + q * 128);
-                    sum[4 * q] += v.x;
-                    sum[4 * q + 1] += v.y;
-                    sum[4 * q + 2] += v.z;
-                    sum[4 * q + 3] += v.w;
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < T / 2; ++r) acc[r] = sum[r];
-        storeBf16 = true;
-    }
-    if (storeBf16) {
+    if (partial == nullptr) {
         // Stage the BF16 tile as [token][64 features] (rows padded to 144 B: the 2-byte stores of a warp hit 16
         // distinct words), then write 16-byte pieces: each token's 64 features are 128 contiguous bytes of Y.
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
@@ -1102,8 +1049,8 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
 }
 
 template <int T>
-cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                          int N, int K, int splits, cudaStream_t stream) {
+cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
+                          int K, int splits, cudaStream_t stream) {
     CUtensorMap tmW, tmX;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
@@ -1113,12 +1060,11 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
-    if (sem != nullptr && (splits == 1 || ctas > kBlockFp8GemmSemaphores)) return cudaErrorInvalidValue;
     const cudaError_t err =
         cudaFuncSetAttribute(wgmmaGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, WgShape<T>::SMEM);
     if (err != cudaSuccess) return err;
     return launch(wgmmaGemmKernel<T>, dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream, tmW,
-                  tmX, S, static_cast<__nv_bfloat16*>(Y), partial, sem, M, N, K, tilesN, tilesT, kbPerSplit);
+                  tmX, S, static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
 }
 
 }  // namespace
@@ -1156,10 +1102,10 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     }
     if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
     switch (tokTile) {
-        case 16: return launchTokTile<16>(X, W, S, Y, partial, sem, M, N, K, splits, stream);
-        case 32: return launchTokTile<32>(X, W, S, Y, partial, sem, M, N, K, splits, stream);
-        case 64: return launchTokTile<64>(X, W, S, Y, partial, sem, M, N, K, splits, stream);
-        case 128: return launchTokTile<128>(X, W, S, Y, partial, sem, M, N, K, splits, stream);
+        case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 32: return launchTokTile<32>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 64: return launchTokTile<64>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
             return launchWide(X, W, S, Y, M, N, K, stream);

@@ -9,7 +9,7 @@
 //   trt_gemma4::block_fp8_gemm_config(x, w, s, kernel, tile, row_groups, warps, splits, depth=3, out=None,
 //                                     semaphores=True)
 //       our kernels with an explicit configuration (benchmarks, tuning and tests of every code path);
-//       semaphores=False takes the reduce-pass / memset form of split-K and stream-K (block_fp8_gemm.cuh).
+//       semaphores=False: stream-K zeroes its flags with a memset instead (block_fp8_gemm.cuh).
 // Every call passes the GEMM a semaphore buffer of this (device, stream), zeroed once when first used.
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
 //       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant] of the default dispatch on this device.

@@ -247,7 +247,7 @@ void BlockFp8WoGemmPlugin::allocateSemaphores() noexcept
             cudaFree(buffer);
         (void) cudaGetLastError();
         logError(std::string(kName) + ": attachToContext: could not allocate " + std::to_string(bytes)
-            + " bytes of GEMM semaphores; split-K GEMMs use their slower reduce-pass form");
+            + " bytes of GEMM semaphores; stream-K GEMMs zero their flags with a memset instead");
         return;
     }
     try

@@ -77,7 +77,7 @@ private:
     FieldTable mSerialized;
     // The GEMM's semaphores (block_fp8_gemm.cuh: zeroed once, left zero by every call), one buffer per plugin
     // instance attached to an execution context, so layers that TensorRT runs concurrently never share one. Empty
-    // (nullptr) until attachToContext, and if the allocation fails: the GEMM then takes its reduce-pass form.
+    // (nullptr) until attachToContext, and if the allocation fails: stream-K then zeroes its flags with a memset.
     std::shared_ptr<int> mSemaphores;
 };
 
