@@ -1,7 +1,9 @@
 """GPU tests of the block-FP8 weight-only GEMM against an fp64 reference.
 
 Every case draws fresh random inputs, poisons the output with NaN before the call, and checks
-‖ΔY‖/‖Y‖ ≤ 2e-3, every element within (0.5 ulp of itself + 2 ulp of the output RMS) in BF16, and no NaN left.
+‖ΔY‖/‖Y‖ ≤ 2e-3, every element within (0.5 ulp of itself + 2 ulp of the output RMS) in BF16, and no NaN left. For
+outputs of a few dozen elements, where the exact result rounded once to BF16 can itself exceed 2e-3 (5% of random
+48-element draws), the norm bound is 1.25x that best possible error instead.
 Block scales vary by ~3000x between blocks so that the kernels' scale handling is exercised.
 """
 
@@ -51,7 +53,13 @@ def check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, wh
     assert not torch.isnan(y).any(), f"{what}: NaN in output (unwritten elements?)"
     yd = y.double()
     rel = ((yd - ref).norm() / ref.norm()).item()
-    assert rel <= 2e-3, f"{what}: relative error {rel:.3e} > 2e-3"
+    # The 2e-3 bound, unless the output is so small that even the exact product rounded once to BF16 misses it
+    # (M x N = 48: in 5% of random draws): then within 25% of that best possible error.
+    best = ((ref.to(torch.bfloat16).double() - ref).norm() / ref.norm()).item()
+    bound = max(2e-3, 1.25 * best)
+    assert rel <= bound, (
+        f"{what}: relative error {rel:.3e} > {bound:.3e} (BF16 rounding of the exact result: {best:.3e})"
+    )
     rms = ref.pow(2).mean().sqrt().item()
     ulp_rms = 2.0 ** (math.floor(math.log2(rms)) - 7)
     ulp_elem = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-300))) - 7)
