@@ -735,7 +735,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.rowGroups = 2;
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
-        } else if (c.tile == 2 && overWave) {
+        } else if (c.tile == 2 && overWave && kBlocks >= 4) {
             c.rowGroups = 1;
             c.splits = 2;
             return c;

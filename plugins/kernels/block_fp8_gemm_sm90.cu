@@ -687,15 +687,17 @@ __global__ void __launch_bounds__(384, 1)
 // Where the tile count leaves the last round of a data-parallel walk mostly empty (68 row tiles of N = 8704 on 132
 // SMs, say), the grid's G CTAs walk whole tiles for all but the last one to two rounds (dpRounds = tiles / G - 1),
 // then split ALL k-blocks of the remaining tiles evenly: CTA c takes units [U c / G, U (c+1) / G) of U = remaining
-// tiles x kBlocks, in tile order. So that range is the tail of one tile, maybe some whole tiles, and the head of
-// another. A tile cut into pieces is finished by the CTA holding its head (k-block 0): that piece is the LAST one its
-// CTA computes, while the other pieces are the FIRST stream-K ones of the next CTAs, so the owner almost never waits.
-// A non-head piece can only be its CTA's first stream-K segment, so each CTA writes at most one FP32 partial tile (in
-// accumulator-fragment order: coalesced, and read back by the same thread index) and sets a flag per consumer
-// warpgroup (release); the owner's threads acquire the flags of its partner CTAs, add the partials to their own in a
-// fixed order (deterministic) and store. All CTAs are resident at once (grid <= SMs, one CTA per SM, and dependents
-// launch only after every CTA has started), so the waits cannot deadlock. Workspace: the flags (zeroed by the
-// launcher) and G partial tiles. T = 256 or 128 tokens per tile.
+// tiles x kBlocks, in tile order, and works through that range BACKWARDS by tile: first the head of its last tile,
+// then any whole tiles, last the tail of its first tile. A tile cut in pieces is finished by the CTA holding its last
+// k-block (the tail: the LAST piece that CTA computes); every other piece is the FIRST stream-K piece of a
+// lower-index CTA, which publishes it as an FP32 partial tile (accumulator-fragment order: coalesced, read back by
+// the same thread index) and sets a flag per consumer warpgroup (release); the owner's threads acquire the flags of
+// those CTAs, add their partials in a fixed order (deterministic), clear the flags and store. So a CTA only ever
+// waits for lower-index CTAs, which publish before they wait for anything: no deadlock even when the grid is not
+// all resident at once (another GEMM on another stream, MPS), as long as lower-index CTAs are dispatched first,
+// which the hardware does (the same assumption as CUTLASS's stream-K). Each CTA publishes at most one partial.
+// Workspace: the flags (zeroed by the launcher, or the caller's semaphores, left zero) and G partial tiles.
+// T = 256 or 128 tokens per tile.
 // This is a separate kernel with its own copy of the wide kernel's k-block loop: one template for both compiled the
 // data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests, so the wide kernel
 // keeps its measured code (identical SASS).
@@ -763,12 +765,13 @@ __global__ void __launch_bounds__(384, 1)
             kb1 = kBlocks;
             return tile < tiles;
         }
+        // Stream-K pieces from the END of the range backwards: the last tile's head first, the first tile's tail last.
         const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
-        tile = static_cast<int>(u0 / kBlocks) + (i - dpRounds);
+        tile = static_cast<int>((u1 - 1) / kBlocks) - (i - dpRounds);
         const long long t0 = static_cast<long long>(tile) * kBlocks;
-        kb0 = i == dpRounds ? static_cast<int>(u0 - t0) : 0;
+        kb0 = static_cast<int>(max(0ll, u0 - t0));
         kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
-        return t0 + kb0 < u1;
+        return t0 + kBlocks > u0;
     };
 
     initStageBarriers(fullBar, emptyBar, STAGES);
@@ -899,11 +902,11 @@ __global__ void __launch_bounds__(384, 1)
         }
 #pragma unroll
         for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
-        if (kb0 > 0) {
+        if (kb1 < kBlocks) {
             if (TRT_GEMMA4_SOL & 8) return;  // (probe 8: no fix-up, wrong results)
-            // A non-head piece (this CTA's first segment): publish the partial for the tile's owner.
-            // Layout [r / 4][tid][4]: one coalesced 16-byte store per 4 values (and one load on the owner's side:
-            // few, wide loads keep its read-back to about two L2 round trips per partner).
+            // Not the tile's last piece (only ever this CTA's first stream-K segment): publish the partial for the
+            // tile's owner. Layout [r / 4][tid][4]: one coalesced 16-byte store per 4 values (and one 16-byte load
+            // per 4 on the owner's side).
             float4* P =
                 reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
@@ -916,12 +919,12 @@ __global__ void __launch_bounds__(384, 1)
             }
             return;
         }
-        if (kb1 < kBlocks && !(TRT_GEMMA4_SOL & 8)) {
-            // The head piece of a tile cut in pieces: add the partials of the partner CTAs (which took its
-            // later k-blocks).
-            const long long tileEnd = static_cast<long long>(tile + 1) * kBlocks;
+        if (kb0 > 0 && !(TRT_GEMMA4_SOL & 8)) {
+            // The tile's last piece (this CTA's last segment): add the partials of the LOWER-index CTAs that took
+            // its earlier k-blocks, nearest first.
+            const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
-            for (int p = cta + 1; p < G && unitStart(p) < tileEnd; ++p) {
+            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
                 while (ldAcquire(skFlags + 2 * p + cw) == 0) {
                 }
                 const float4* P = reinterpret_cast<const float4*>(

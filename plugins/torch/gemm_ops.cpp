@@ -10,7 +10,7 @@
 //                                     semaphores=True)
 //       our kernels with an explicit configuration (benchmarks, tuning and tests of every code path);
 //       semaphores=False: stream-K zeroes its flags with a memset instead (block_fp8_gemm.cuh).
-// Every call passes the GEMM a semaphore buffer of this (device, stream), zeroed once when first used.
+// Stream-K calls outside CUDA graph capture pass the GEMM a semaphore buffer of this (device, stream), zeroed once.
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
 //       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant] of the default dispatch on this device.
 //   trt_gemma4::block_fp8_dequantize(Tensor w, Tensor s) -> Tensor    bf16 [N, K] = w · s rounded to BF16
@@ -31,10 +31,19 @@ namespace {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The GEMM's semaphores for this device and stream: zeroed once (on the stream, so before the first GEMM that
-// uses them) and left zero by every call; one buffer per stream because GEMMs on different streams may overlap.
-// Kept for the life of the process (the map is never destroyed: no frees racing the CUDA teardown at exit).
-int* semaphoresFor(const at::Device& device, cudaStream_t stream) {
+// The GEMM's semaphores for this device and stream (only stream-K configurations use them): zeroed once (on the
+// stream, so before the first GEMM that uses them) and left zero by every call; one buffer per stream because GEMMs
+// on different streams may overlap. Never during CUDA graph capture: a buffer made there would be zeroed only by
+// that graph and shared by every graph captured on the same stream, so captured GEMMs take the memset form (flags
+// in their own workspace). Kept for the life of the process (the map is never destroyed: no frees racing the CUDA
+// teardown at exit; 16 KB per stream ever used).
+int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemma4::BlockFp8GemmConfig& config) {
+    if (config.kernel != trt_gemma4::BlockFp8GemmKernel::kWgmma || config.splits != 0) return nullptr;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
     static std::mutex mu;
     static auto* buffers = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
     const std::lock_guard<std::mutex> lock(mu);
@@ -109,7 +118,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
     const cudaError_t err = trt_gemma4::blockFp8WoGemmWithConfig(
         reinterpret_cast<const __nv_bfloat16*>(x2.data_ptr()), reinterpret_cast<const __nv_fp8_e4m3*>(w.data_ptr()),
         s2.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), m, n, k, c, ws.data_ptr(), wsBytes,
-        stream, useSemaphores ? semaphoresFor(x.device(), stream) : nullptr);
+        stream, useSemaphores ? semaphoresFor(x.device(), stream, c) : nullptr);
     TORCH_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
                 static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, "): ", cudaGetErrorString(err));
     return y.view(outShape);

@@ -45,8 +45,7 @@ BlockFp8WoGemmPlugin::BlockFp8WoGemmPlugin(BlockFp8GemmFields const& fields)
 }
 
 BlockFp8WoGemmPlugin::BlockFp8WoGemmPlugin(BlockFp8WoGemmPlugin const& other)
-    : mFields(other.mFields)
-    , mSemaphores(other.mSemaphores)
+    : mFields(other.mFields) // not the semaphores: only an instance attached to a context allocates its own
 {
     bindFields(); // the copied table would point into `other`
 }
@@ -239,9 +238,15 @@ void BlockFp8WoGemmPlugin::allocateSemaphores() noexcept
     mSemaphores.reset();
     int* buffer = nullptr;
     size_t const bytes = sizeof(int) * kBlockFp8GemmSemaphores;
-    // Zeroed once here (and the zeros are complete before any enqueue: synchronous); each GEMM leaves them zero.
-    if (cudaMalloc(&buffer, bytes) != cudaSuccess || cudaMemset(buffer, 0, bytes) != cudaSuccess
-        || cudaDeviceSynchronize() != cudaSuccess)
+    // Zeroed once here, on a private stream that is waited for (no legacy-stream or device-wide synchronization), so
+    // the zeros are complete before any enqueue; each GEMM leaves them zero.
+    cudaStream_t zeroing = nullptr;
+    bool ok = cudaMalloc(&buffer, bytes) == cudaSuccess
+        && cudaStreamCreateWithFlags(&zeroing, cudaStreamNonBlocking) == cudaSuccess
+        && cudaMemsetAsync(buffer, 0, bytes, zeroing) == cudaSuccess && cudaStreamSynchronize(zeroing) == cudaSuccess;
+    if (zeroing != nullptr)
+        ok = cudaStreamDestroy(zeroing) == cudaSuccess && ok;
+    if (!ok)
     {
         if (buffer != nullptr)
             cudaFree(buffer);

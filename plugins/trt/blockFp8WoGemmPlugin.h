@@ -76,7 +76,8 @@ private:
     BlockFp8GemmFields mFields;
     FieldTable mSerialized;
     // The GEMM's semaphores (block_fp8_gemm.cuh: zeroed once, left zero by every call), one buffer per plugin
-    // instance attached to an execution context, so layers that TensorRT runs concurrently never share one. Empty
+    // instance attached to an execution context (never copied to a clone), so layers that TensorRT runs concurrently
+    // never share one. Empty
     // (nullptr) until attachToContext, and if the allocation fails: stream-K then zeroes its flags with a memset.
     std::shared_ptr<int> mSemaphores;
 };
