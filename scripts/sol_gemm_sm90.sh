@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 nvcc=${NVCC:-nvcc}
 for p in ${SOL_PROBES:-0 1 2 4 6}; do
   "$nvcc" -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
-    -DTRT_GEMMA4_SOL="$p" -DTRT_GEMMA4_SOL_VALUE="$p" -o "$out/bin/sol_$p" \
+    -DTRT_GEMMA4_SOL="$p" -o "$out/bin/sol_$p" \
     "$here/scripts/sol_gemm_sm90.cu" "$here/plugins/kernels/block_fp8_gemm.cu" \
     "$here/plugins/kernels/block_fp8_gemm_sm90.cu" -lcublas &
 done

@@ -642,7 +642,7 @@ int chooseSplits(int ctas, int targetCtas, int cap, int kBlocks, int minBlocks) 
 
 // Hopper (sm_90a), M > 16: the TMA + wgmma kernels (block_fp8_gemm_sm90.cu), measured on H200 against the mma.sync
 // kernels and cuBLAS (bench/NOTES_gemm.md, v7-v10):
-//  * M <= 128: the smallest token tile of 32/64/128 that holds M, split-K while the CTAs still fit one wave (the
+//  * M <= 128: the smallest token tile of 16/32/64/128 that holds M, split-K while the CTAs still fit one wave (the
 //    weights are read once either way; idle SMs are what costs);
 //  * M > 128: the persistent 256-token kernel, with stream-K where its last round would be at most half full and
 //    the rounds are few, else data-parallel unless its tile count leaves a last round mostly empty where the
@@ -670,7 +670,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         return c;
     }
     if (M <= 128) {
-        c.tile = M <= 32 ? 32 : (M <= 64 ? 64 : 128);
+        c.tile = M <= 16 ? 16 : (M <= 32 ? 32 : (M <= 64 ? 64 : 128));
         c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
         return c;
     }
@@ -711,9 +711,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     // kernel's 16-token tile streams the weights through TMA faster than the register kernel (H200, M = 16: gate_up
     // 39.8 vs 45.6 µs, 16384 x 1024 8.4 vs 9.4; qkv, 64 row tiles: 15.1 vs 12.5, so not there).
     if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && wgmmaAvailable()) {
-        BlockFp8GemmConfig w = wgmmaConfig(M, N, K, sms);
-        w.tile = 16;
-        return w;
+        return wgmmaConfig(M, N, K, sms);
     }
     // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
     if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20))) {

@@ -488,6 +488,121 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+// A persistent kernel's producer: stage number c (continuous over the CTA's tiles) gets 64-k slice k64 of the
+// weight tile at row n0 and of the token tile at token m0. PDL: the first weights are requested before the previous
+// kernel ends, the activations only after it has (`waited`).
+template <int STAGES, int STAGE, int W_BYTES>
+__device__ __forceinline__ void produceStage(int c, int k64, int n0, int m0, bool& waited, uint32_t sbase,
+                                             uint32_t fullBar, uint32_t emptyBar, const CUtensorMap* tmW,
+                                             const CUtensorMap* tmX) {
+    const int s = c % STAGES;
+    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
+    const uint32_t st = sbase + s * STAGE;
+    mbarExpectTx(fullBar + 8 * s, STAGE);
+    tmaLoad2d(st, tmW, k64 * 64, n0, fullBar + 8 * s);
+    if (!waited) {
+        waitForPrerequisite();
+        waited = true;
+    }
+    tmaLoad2d(st + W_BYTES, tmX, k64 * 64, m0, fullBar + 8 * s);
+}
+
+// Fragment-load offsets into a [rows][64 B] weight stage with the 64-byte swizzle: rows g and g+8 XOR the chunk
+// index with (g / 2) % 4; sel gathers [k0 k8 k1 k9] from the two loaded words (see loadWeightFrags).
+__device__ __forceinline__ void persistentFragOffsets(int g, int t, uint32_t (&offs)[4], uint32_t& sel) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
+    sel = (t & 1) ? 0x7362u : 0x5140u;
+}
+
+// Stores a 64 x T accumulator (acc[4j + {0,1,2,3}] = row n (+8 for 2,3), token m + 8j (+1 for 1,3)) times `scale`
+// as BF16 straight from registers: a warp's store covers 4 tokens x 8 consecutive features (16 bytes each), rows
+// >= N and tokens >= M skipped.
+template <int T>
+__device__ __forceinline__ void storeAccTile(__nv_bfloat16* __restrict__ Y, const float (&acc)[T / 2], float scale,
+                                             int M, int N, int n, int m) {
+#pragma unroll
+    for (int j = 0; j < T / 8; ++j) {
+        const int mj = m + 8 * j;
+        if (mj < M) {
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * scale);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * scale);
+        }
+        if (mj + 1 < M) {
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj + 1) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * scale);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * scale);
+        }
+    }
+}
+
+// Conversion multiplier for a k-block with scale s: BF16x2 2^120 (exact conversion), or 0 for an all-zero block
+// (s = 0: zero fragments, so the wgmmas still run unconditionally and leave the accumulator's unit alone).
+__device__ __forceinline__ uint32_t fragMult(float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; }
+
+// One k-block (two 64-k stages, one scale) of a persistent kernel's consumer warpgroup, shared by the wide and the
+// stream-K kernels. Stage counter c; f0 holds the k-block's first stage (converted), f1 receives its second, g0 the
+// next k-block's first stage when `more`. The accumulator is kept in units of the current block scale: rescaled here
+// (acc *= unit / s) while it is idle, since the previous k-block ended with a wait. The wgmmas are issued
+// unconditionally (branches around them make ptxas serialize).
+template <int T, int STAGES, int STAGE, int W_BYTES>
+__device__ __forceinline__ void persistentKBlock(float (&acc)[T / 2], float& unit, int& c, int kb, bool more,
+                                                 int kStages, const float* sRow, uint32_t sbase, uint32_t fullBar,
+                                                 uint32_t emptyBar, uint32_t rowAddr, const uint32_t (&offs)[4],
+                                                 uint32_t sel, int cw, int lane, uint32_t (&f0)[4][4],
+                                                 uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
+    const float sc = __ldg(sRow + kb);
+    const float scNext = more ? __ldg(sRow + kb + 1) : 0.f;
+    const bool two = 2 * kb + 1 < kStages;
+    const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
+    if (sc != 0.f && sc != unit) {
+        if (unit != 0.f && !(TRT_GEMMA4_SOL & 4)) {  // (probe 4: no rescale, wrong results)
+            const float ratio = unit / sc;
+#pragma unroll
+            for (int r = 0; r < T / 2; ++r) acc[r] *= ratio;
+        }
+        unit = sc;
+    }
+    fenceRegs(acc);
+    waitTurn(cw);
+    wgmmaFence();
+    {
+        const uint32_t xs = sbase + s0 * STAGE + W_BYTES;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
+    }
+    wgmmaCommit();
+    if (two) {
+        mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
+        loadWeightFrags<4, 64>(f1, rowAddr + s1 * STAGE, offs, sel, fragMult(sc));
+        const uint32_t xs = sbase + s1 * STAGE + W_BYTES;
+        wgmmaFence();  // f1 was written since the last fence
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
+        wgmmaCommit();
+    }
+    passTurn(cw);
+    const int cn = c + (two ? 2 : 1);
+    if (more) {
+        mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
+        loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * STAGE, offs, sel, fragMult(scNext));
+    }
+    wgmmaWaitAll();
+    fenceRegs(acc);
+    fenceFrags(f0);
+    fenceFrags(f1);
+    __syncwarp();
+    if (lane == 0) {
+        mbarArrive(emptyBar + 8 * s0);
+        if (two) mbarArrive(emptyBar + 8 * s1);
+    }
+    c = cn;
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
 // ---- The wide kernel: 256 tokens per CTA, persistent, for large M ---------------------------------------------
 // Same roles and fragment path as wgmmaGemmKernel, with three differences that matter at large M:
 //  * 128 weight rows x 256 tokens per tile (wgmma m64n256k16): each converted weight fragment feeds twice the
@@ -547,18 +662,9 @@ __global__ void __launch_bounds__(384, 1)
                 int n0, m0;
                 tileOrigin(tile, n0, m0);
 #pragma unroll 1
-                for (int i = 0; i < kStages; ++i, ++c) {
-                    const int s = c % STAGES;
-                    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
-                    const uint32_t st = sbase + s * Sh::STAGE;
-                    mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
-                    tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
-                    if (!waited) {  // PDL: the first weights are requested before the previous kernel ends
-                        waitForPrerequisite();
-                        waited = true;
-                    }
-                    tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
-                }
+                for (int i = 0; i < kStages; ++i, ++c)
+                    produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar, &tmW,
+                                                                  &tmX);
             }
         }
         allowDependents();
@@ -570,11 +676,8 @@ __global__ void __launch_bounds__(384, 1)
     const int tid = threadIdx.x & 127;
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
-    uint32_t offs[4];  // 64-byte swizzle: rows g and g+8 XOR the chunk index with (g / 2) % 4
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
-    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;
+    uint32_t offs[4], sel;
+    persistentFragOffsets(g, t, offs, sel);
     waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
 
     // One 128-register accumulator (64 rows x 256 tokens). Per k-block (two stages, one scale) the warpgroup issues
@@ -597,61 +700,14 @@ __global__ void __launch_bounds__(384, 1)
         float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
         const int kBlocksTile = (kStages + 1) / 2;
 
-        // K-block kb: f0 holds its first stage (converted), f1 receives its second, g0 the next k-block's first.
-        // The wgmmas are issued unconditionally (branches around them make ptxas serialize): an all-zero block
-        // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
-        auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            const float sc = __ldg(sRow + kb);
-            const float scNext = 2 * kb + 2 < kStages ? __ldg(sRow + kb + 1) : 0.f;
-            const bool two = 2 * kb + 1 < kStages;
-            const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
-            if (sc != 0.f && sc != unit) {  // acc is idle here: the previous k-block ended with a wait
-                if (unit != 0.f && !(TRT_GEMMA4_SOL & 4)) {  // (probe 4: no rescale, wrong results)
-                    const float ratio = unit / sc;
-#pragma unroll
-                    for (int r = 0; r < Sh::T / 2; ++r) acc[r] *= ratio;
-                }
-                unit = sc;
-            }
-            fenceRegs(acc);
-            waitTurn(cw);
-            wgmmaFence();
-            {
-                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
-            }
-            wgmmaCommit();
-            if (two) {
-                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
-                loadWeightFrags<4, 64>(f1, rowAddr + s1 * Sh::STAGE, offs, sel, multFor(sc));
-                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
-                wgmmaFence();  // f1 was written since the last fence
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
-                wgmmaCommit();
-            }
-            passTurn(cw);
-            const int cn = c + (two ? 2 : 1);
-            if (2 * kb + 2 < kStages) {
-                mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
-                loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * Sh::STAGE, offs, sel, multFor(scNext));
-            }
-            wgmmaWaitAll();
-            fenceRegs(acc);
-            fenceFrags(f0);
-            fenceFrags(f1);
-            __syncwarp();
-            if (lane == 0) {
-                mbarArrive(emptyBar + 8 * s0);
-                if (two) mbarArrive(emptyBar + 8 * s1);
-            }
-            c = cn;
+            persistentKBlock<Sh::T, STAGES, Sh::STAGE, Sh::W_BYTES>(acc, unit, c, kb, 2 * kb + 2 < kStages, kStages,
+                                                                    sRow, sbase, fullBar, emptyBar, rowAddr, offs,
+                                                                    sel, cw, lane, f0, f1, g0);
         };
 
         mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
-        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, multFor(__ldg(sRow)));
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow)));
 #pragma unroll 1
         for (int kb = 0; kb < kBlocksTile; kb += 2) {
             kblock(kb, fragA, fragB, fragC);
@@ -660,21 +716,7 @@ __global__ void __launch_bounds__(384, 1)
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
         // already in flight meanwhile.
-        const int n = n0 + 64 * cw + 16 * w4 + g;
-#pragma unroll
-        for (int j = 0; j < Sh::T / 8; ++j) {
-            const int m = m0 + 8 * j + 2 * t;
-            if (m < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * unit);
-            }
-            if (m + 1 < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * unit);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * unit);
-            }
-        }
+        storeAccTile<Sh::T>(Y, acc, unit, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
     }
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
@@ -698,9 +740,10 @@ __global__ void __launch_bounds__(384, 1)
 // which the hardware does (the same assumption as CUTLASS's stream-K). Each CTA publishes at most one partial.
 // Workspace: the flags (zeroed by the launcher, or the caller's semaphores, left zero) and G partial tiles.
 // T = 256 or 128 tokens per tile.
-// This is a separate kernel with its own copy of the wide kernel's k-block loop: one template for both compiled the
-// data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests, so the wide kernel
-// keeps its measured code (identical SASS).
+// This is a separate kernel rather than a mode of the wide one: one template for both walks compiled the
+// data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests. The two share the
+// k-block step, the producer's stage and the store (persistentKBlock, produceStage, storeAccTile), which leaves the
+// wide kernel's instructions as measured (checked on the SASS: only two producer registers are swapped).
 template <int T>
 struct PersistShape {
     static constexpr int STAGES = T == 256 ? 5 : 8;
@@ -790,18 +833,9 @@ __global__ void __launch_bounds__(384, 1)
                 tileOrigin(tile, n0, m0);
                 const int st1 = min(2 * kb1, kStages);
 #pragma unroll 1
-                for (int i = 2 * kb0; i < st1; ++i, ++c) {
-                    const int s = c % STAGES;
-                    if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
-                    const uint32_t st = sbase + s * Sh::STAGE;
-                    mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
-                    tmaLoad2d(st, &tmW, i * 64, n0, fullBar + 8 * s);
-                    if (!waited) {  // PDL: the first weights are requested before the previous kernel ends
-                        waitForPrerequisite();
-                        waited = true;
-                    }
-                    tmaLoad2d(st + Sh::W_BYTES, &tmX, i * 64, m0, fullBar + 8 * s);
-                }
+                for (int i = 2 * kb0; i < st1; ++i, ++c)
+                    produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar, &tmW,
+                                                                  &tmX);
             }
         }
         allowDependents();
@@ -813,19 +847,11 @@ __global__ void __launch_bounds__(384, 1)
     const int tid = threadIdx.x & 127;
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
-    uint32_t offs[4];  // 64-byte swizzle: rows g and g+8 XOR the chunk index with (g / 2) % 4
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
-    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;
+    uint32_t offs[4], sel;
+    persistentFragOffsets(g, t, offs, sel);
     waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
 
-    // One T/2-register accumulator (64 rows x T tokens). Per k-block (two stages, one scale) the warpgroup issues
-    // both stages' wgmma batches back to back (they chain on the accumulator), converts the next k-block's first
-    // stage while they run, and waits once: the only gap in its tensor work is the rescale at the k-block
-    // boundary, which the other consumer warpgroup's batches cover. (Splitting the accumulator in two halves to
-    // rescale one while the other runs makes ptxas 13.0 serialize every wgmma of the kernel: C7514.)
-    // Fragment buffers rotate over two k-blocks: A, B for k-block 2q (C gets 2q+1's first stage), C, D for 2q+1.
+    // One T/2-register accumulator (64 rows x T tokens), k-blocks and fragment buffers as in the wide kernel.
     float acc[T / 2];
     uint32_t fragA[4][4], fragB[4][4], fragC[4][4], fragD[4][4];
     int c = 0;
@@ -839,62 +865,14 @@ __global__ void __launch_bounds__(384, 1)
         for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
         float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
 
-        // K-block kb: f0 holds its first stage (converted), f1 receives its second, g0 the next k-block's first.
-        // The wgmmas are issued unconditionally (branches around them make ptxas serialize): an all-zero block
-        // (s = 0) is converted to zero fragments instead and leaves the accumulator's unit alone.
-        auto multFor = [&](float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; };
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            const bool more = kb + 1 < kb1;  // this segment has a next k-block
-            const float sc = __ldg(sRow + kb);
-            const float scNext = more ? __ldg(sRow + kb + 1) : 0.f;
-            const bool two = 2 * kb + 1 < kStages;
-            const int s0 = c % STAGES, s1 = (c + 1) % STAGES;
-            if (sc != 0.f && sc != unit) {  // acc is idle here: the previous k-block ended with a wait
-                if (unit != 0.f && !(TRT_GEMMA4_SOL & 4)) {  // (probe 4: no rescale, wrong results)
-                    const float ratio = unit / sc;
-#pragma unroll
-                    for (int r = 0; r < T / 2; ++r) acc[r] *= ratio;
-                }
-                unit = sc;
-            }
-            fenceRegs(acc);
-            waitTurn(cw);
-            wgmmaFence();
-            {
-                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
-            }
-            wgmmaCommit();
-            if (two) {
-                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
-                loadWeightFrags<4, 64>(f1, rowAddr + s1 * Sh::STAGE, offs, sel, multFor(sc));
-                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
-                wgmmaFence();  // f1 was written since the last fence
-#pragma unroll
-                for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
-                wgmmaCommit();
-            }
-            passTurn(cw);
-            const int cn = c + (two ? 2 : 1);
-            if (more) {
-                mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
-                loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * Sh::STAGE, offs, sel, multFor(scNext));
-            }
-            wgmmaWaitAll();
-            fenceRegs(acc);
-            fenceFrags(f0);
-            fenceFrags(f1);
-            __syncwarp();
-            if (lane == 0) {
-                mbarArrive(emptyBar + 8 * s0);
-                if (two) mbarArrive(emptyBar + 8 * s1);
-            }
-            c = cn;
+            persistentKBlock<T, STAGES, Sh::STAGE, Sh::W_BYTES>(acc, unit, c, kb, kb + 1 < kb1, kStages, sRow, sbase,
+                                                                fullBar, emptyBar, rowAddr, offs, sel, cw, lane, f0,
+                                                                f1, g0);
         };
 
         mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
-        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, multFor(__ldg(sRow + kb0)));
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow + kb0)));
 #pragma unroll 1
         for (int kb = kb0; kb < kb1; kb += 2) {
             kblock(kb, fragA, fragB, fragC);
@@ -945,21 +923,7 @@ __global__ void __launch_bounds__(384, 1)
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
         // already in flight meanwhile.
-        const int n = n0 + 64 * cw + 16 * w4 + g;
-#pragma unroll
-        for (int j = 0; j < T / 8; ++j) {
-            const int m = m0 + 8 * j + 2 * t;
-            if (m < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j]);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2]);
-            }
-            if (m + 1 < M) {
-                __nv_bfloat16* y = Y + static_cast<size_t>(m + 1) * N + n;
-                if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1]);
-                if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3]);
-            }
-        }
+        storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
     };
     int tile, kb0, kb1;
 #pragma unroll 1
