@@ -388,6 +388,12 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                             cands.append((1, nt, 1, wp, sp, d))
                 if nt < 4:
                     cands += [(1, nt, 2, 4, 1, 2), (1, nt, 2, 8, 1, 2)]
+            if m <= 16 and torch.cuda.get_device_capability()[0] >= 9:
+                # The bulk-copy streaming kernel: consumer warps, split-K, ring stages.
+                for wp in (2, 4, 8):
+                    for sp in (1, 2, 4):
+                        for st in (2, 3, 4):
+                            cands.append((4, 1 if m <= 8 else 2, 1, wp, sp, st))
             if m >= 16:
                 tiles = (2, 4, 5) if m <= 64 else ((1, 2, 4) if m <= 128 else (1, 3))
                 for tile in tiles:
@@ -405,8 +411,9 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                     cands.append((3, 256, 1, 1, 0, 2))  # persistent, stream-K
                 if m >= 32:
                     cands.append((3, 128, 1, 1, 0, 2))  # persistent 128-token tiles, stream-K
-            if args.tune_only_wgmma:
-                cands = [c for c in cands if c[0] == 3] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
+            only = {3} if args.tune_only_wgmma else set(args.tune_kernels or ())
+            if only:
+                cands = [c for c in cands if c[0] in only] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
             cands = list(dict.fromkeys(cands))  # the default may already be a candidate: time it once
             timings = []
             for c in cands:
@@ -443,6 +450,7 @@ def main() -> None:
     p.add_argument("--tune-ms", type=int, nargs="*", default=[1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
     p.add_argument("--tune-wgmma", action="store_true", help="--tune includes the sm_90a wgmma kernel")
     p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
+    p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-4)")
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")
     p.add_argument("--no-bf16-stack", action="store_true", help="skip cuBLAS in the whole-stack timing")

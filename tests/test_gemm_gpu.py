@@ -96,6 +96,11 @@ WGMMA_CONFIGS = (
 )
 
 
+# The sm_90+ bulk-copy streaming kernel: token tiles 1 and 2 (x 8), consumer warps, split-K (incl. splits with no
+# k-blocks), ring stages.
+BULK_CONFIGS = [(4, nt, 1, wp, sp, st) for nt in (1, 2) for wp, sp, st in ((4, 1, 3), (2, 3, 2), (8, 2, 4), (1, 5, 2))]
+
+
 def _is_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
@@ -114,6 +119,27 @@ def check_config(config: tuple[int, ...], n: int, k: int, m: int, what: str) -> 
     torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
     torch.cuda.synchronize()
     check(y, x, w, s, f"{what} {config} M={m} N={n} K={k}")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="the bulk kernel is sm_90+"
+)
+@pytest.mark.parametrize("config", BULK_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
+@pytest.mark.parametrize(
+    ("n", "k", "m"),
+    # M <= 8 with the activations staged in shared memory (M x K small) and without (M = 8, K = 15360).
+    [(144, 272, 37), (320, 1040, 5), (1024, 2064, 200), (48, 4112, 1), (320, 15360, 8), (3840, 15360, 9)],
+    ids=str,
+)
+def test_bulk_config_matches_fp64_and_repeats(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    """Fresh inputs, NaN-poisoned output, against fp64; a second call gives the same bits (fixed summation order)."""
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    run = torch.ops.trt_gemma4.block_fp8_gemm_config
+    run(x, w, s, *config[:5], depth=config[5], out=y)
+    check(y, x, w, s, f"bulk {config} M={m} N={n} K={k}")
+    assert torch.equal(run(x, w, s, *config[:5], depth=config[5]), y), f"bulk {config}: results differ between calls"
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")

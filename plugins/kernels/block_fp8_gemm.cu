@@ -10,8 +10,11 @@
 //    groups and split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums.
 //  * tiledKernel (larger M): classic multi-stage cp.async pipeline; weight (FP8) and token (BF16) tiles in
 //    shared memory, each warp converts its own weight fragments from shared memory.
+// A third, bulkStreamKernel (sm_90+, cp.async.bulk into a shared-memory ring, streamKernel's math), was measured
+// slower than streamKernel and is reachable only by hand-set configuration (its section below says why).
 // On sm_90+ every kernel is launched with programmatic dependent launch: it prefetches its (constant) weights
 // while the previous kernel in the stream drains, and touches activations/outputs only after griddepcontrol.wait.
+// streamKernel lets its own dependents launch from its start (their CTAs take the SM slots its CTAs leave).
 //
 // On sm_90a the dispatch (blockFp8WoGemmDefaultConfig) sends M > 16 (M > 32 for weights under 16 MB) to the TMA +
 // wgmma kernels of block_fp8_gemm_sm90.cu; these mma.sync kernels serve small M there and everything on the other
@@ -109,6 +112,11 @@ __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void cpAsyncWait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// bar.sync on a named barrier (id 1..15) for `threads` threads (a multiple of 32).
+__device__ __forceinline__ void namedBarrierSync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 __device__ __forceinline__ void zero4(uint32_t (&r)[4]) { r[0] = r[1] = r[2] = r[3] = 0u; }
@@ -252,6 +260,9 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     // Register ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a
     // compile-time constant in the unrolled inner loop, so the buffers stay in registers.
     StreamFrag<NT, RG> buf[DEPTH];
+    // Let the next kernel's CTAs queue from the start: they take the slots our CTAs leave and start their own weight
+    // prefetch during our tail (H200, M = 1 stack: 3306 -> 3211 µs against triggering after the main loop).
+    allowDependents();
     int kb = split * warps + warp;
 #pragma unroll
     for (int d = 0; d < DEPTH - 1; ++d)
@@ -277,7 +288,6 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
             kb += stride;
         }
     }
-    allowDependents();
 
     // Accumulator element e = (r*NT + nt)*4 + i of lane `ln` is C(row, token) of the m16n8 fragment:
     // i = 0,1 -> row g, tokens 2t, 2t+1; i = 2,3 -> row g+8.
@@ -310,6 +320,262 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
         store(idx >> 5, idx & 31, v);
     }
+}
+
+// --------------------------------------------------------------------------------------------------------------
+// bulkStreamKernel (kBulk): small M on sm_90+, the weights through shared memory.
+//
+// MEASURED SLOWER than streamKernel, so not dispatched (reachable by hand-set configuration, kept for the record and
+// for further work; bench/NOTES_gemm.md v17). streamKernel keeps one or two k-blocks per warp in flight in
+// registers and streams the 12B weights at M = 1 at 2.7-3.6 TB/s on an H200; a pure read kernel feeding a
+// shared-memory ring with cp.async.bulk reads them at 3.9-4.7 TB/s (whole stack 2395-2445 µs, under the copy-
+// bandwidth floor; scripts/probe_stream_bw.cu). This kernel is that reader with the fragment math of streamKernel
+// on the consumer side. Its producer keeps up (consumers reduced to waiting and releasing: stack 2539 µs), but the
+// consumers' FP8 -> BF16 conversion and mma work caps it at 3556-3940 µs (4-8 consumer warps, 2-3 stages) against
+// 3211 µs for streamKernel: with two CTAs per SM it has at most 16 math warps per SM, as streamKernel does, plus
+// the ring's synchronization. Design:
+//  * Persistent CTAs (as many as fit, two per SM on sm_90) walk units u = blockIdx.x, + gridDim.x, ...; a unit is
+//    (token tile of 8*NT, 16-row group, k split), token tile fastest so CTAs sharing weight rows run together.
+//  * Warp 0 produces: per stage, 16 rows x kBulkChunk bytes of k, one cp.async.bulk per row (lanes 0-15), all
+//    completing on the stage's `full` mbarrier. It never waits for the previous kernel (weights and scales are
+//    constants), so the ring fills while that kernel drains.
+//  * Warps 1..C consume: they take the stage's k-blocks round-robin and run streamKernel's fragment math on them
+//    (the K permutation: thread (g, t) reads bytes [16t, 16t+16) of each 64-k piece of rows g and g+8, here from
+//    shared memory; the row pitch kBulkPitch = chunk + 64 bytes puts rows g and g+1 on different bank halves, so
+//    a quarter-warp's 16-byte reads do not conflict), then release the stage with one arrive per warp on its
+//    `empty` mbarrier. Activations come from global memory (L1-cached, re-read by every row group), scales with
+//    __ldg; both only after griddepcontrol.wait.
+//  * At the end of a unit the consumers' FP32 accumulators are summed through shared memory in a fixed order
+//    (deterministic) and stored as BF16 (or as FP32 partials for the reduce pass when splits > 1).
+#ifndef TRT_GEMMA4_BULK_PROBE  // timing probes only (scripts/probe_stream_bw.sh): 1 = no consumer math, 2 = no x loads
+#define TRT_GEMMA4_BULK_PROBE 0
+#endif
+constexpr int kBulkChunk = 2048;             // k bytes per row per stage: 16 k-blocks
+constexpr int kBulkPitch = kBulkChunk + 64;  // shared-memory row pitch (bank spread, see above)
+constexpr int kBulkStage = 16 * kBulkPitch;  // 33,792 bytes per stage
+constexpr int kBulkPair = 2;                 // k-blocks a consumer warp works on at once
+
+__device__ __forceinline__ void bulkCopy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+#endif
+}
+
+template <int NT, bool XS>
+__global__ void __launch_bounds__(288, NT == 1 ? 2 : 1) bulkStreamKernel(const __nv_bfloat16* __restrict__ X,
+                                                        const uint8_t* __restrict__ W, const float* __restrict__ S,
+                                                        __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
+                                                        int M, int N, int K, int stages, int kPerSplit, int splits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int kElems = NT * 4;
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int consumers = static_cast<int>(blockDim.x >> 5) - 1;
+    float* red = reinterpret_cast<float*>(smem + stages * kBulkStage);  // [consumer warp][element][lane]
+    const uint32_t fullBar = smemAddr(red + consumers * kElems * 32);
+    const uint32_t emptyBar = fullBar + 8 * stages;
+    uint8_t* xs = smem + stages * kBulkStage + consumers * kElems * 32 * 4 + 16 * stages;  // XS: [M][K] permuted
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    allowDependents();  // the next kernel's CTAs may queue now; they take our SMs' slots as our CTAs leave
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; ++s) {
+            mbarInit(fullBar + 8 * s, 1);
+            mbarInit(emptyBar + 8 * s, consumers);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const int tokTiles = (M + 8 * NT - 1) / (8 * NT);
+    const int rowGroups = N / 16;
+    const int units = tokTiles * rowGroups * splits;
+
+    if (warp == 0) {  // producer
+        int i = 0;
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            const int rg = (u / tokTiles) % rowGroups, z = u / (tokTiles * rowGroups);
+            const int kBeg = z * kPerSplit, kEnd = min(K, kBeg + kPerSplit);
+            const uint8_t* row = W + static_cast<size_t>(16 * rg + (lane & 15)) * K;
+            for (int k0 = kBeg; k0 < kEnd; k0 += kBulkChunk, ++i) {
+                const int s = i % stages;
+                const int len = min(kBulkChunk, kEnd - k0);
+                if (lane == 0) {
+                    if (i >= stages) mbarWait(emptyBar + 8 * s, ((i / stages) - 1) & 1);
+                    mbarExpectTx(fullBar + 8 * s, 16 * len);
+                }
+                __syncwarp();
+                if (lane < 16) bulkCopy(smemAddr(smem + s * kBulkStage + lane * kBulkPitch), row + k0, len, fullBar + 8 * s);
+            }
+        }
+        return;
+    }
+
+    const int cw = warp - 1;
+    const int g = lane >> 2, t = lane & 3;
+    waitForPrerequisite();
+    if constexpr (XS) {
+        // One token tile (M <= 8): the activations go to shared memory once, each group of 4 stored as
+        // (x0, x2, x1, x3), i.e. already in the B fragment's register order (no PRMT per mma, no global load
+        // on the consumers' critical path).
+        for (int idx = threadIdx.x - 32; idx < M * K / 8; idx += consumers * 32) {
+            uint32_t v[4], o[4];
+            ldgCached128(v, X + static_cast<size_t>(idx) * 8);
+            bf16x4ToFrag(v[0], v[1], o[0], o[1]);
+            bf16x4ToFrag(v[2], v[3], o[2], o[3]);
+            asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(smemAddr(xs + 16 * idx)), "r"(o[0]), "r"(o[1]),
+                         "r"(o[2]), "r"(o[3])
+                         : "memory");
+        }
+        namedBarrierSync(1, consumers * 32);
+    }
+    int i = 0;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int tt = u % tokTiles, rg = (u / tokTiles) % rowGroups, z = u / (tokTiles * rowGroups);
+        const int kBeg = z * kPerSplit, kEnd = min(K, kBeg + kPerSplit);
+        const int n0 = 16 * rg, m0 = tt * 8 * NT;
+        const float* sRow = S + static_cast<size_t>(n0 / kBlock) * kBlocks;
+        const __nv_bfloat16* xRow[NT];
+        bool tokOk[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int tok = m0 + 8 * nt + g;
+            tokOk[nt] = tok < M;
+            xRow[nt] = X + static_cast<size_t>(tokOk[nt] ? tok : 0) * K + 16 * t;
+        }
+        float acc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+        for (int k0 = kBeg; k0 < kEnd; k0 += kBulkChunk, ++i) {
+            const int s = i % stages;
+            const int nkb = (min(kBulkChunk, kEnd - k0) + kBlock - 1) / kBlock;
+            mbarWait(fullBar + 8 * s, (i / stages) & 1);
+            const uint8_t* st = smem + s * kBulkStage;
+            // kBulkPair k-blocks per step (kbl, kbl + consumers, ...): all their loads are issued before any math,
+            // so their latencies overlap and the mma chains of the k-blocks are independent.
+            for (int kbl = cw; kbl < nkb && TRT_GEMMA4_BULK_PROBE != 1; kbl += kBulkPair * consumers) {
+                float sc[kBulkPair];
+                uint32_t w[kBulkPair][2][2][4];      // [k-block][row g / g+8][64-k piece][word]
+                uint32_t x[kBulkPair][NT][2][2][4];  // [k-block][token tile][64-k piece][half][word]
+#pragma unroll
+                for (int p = 0; p < kBulkPair; ++p) {
+                    const int kb = kbl + p * consumers;
+                    sc[p] = kb < nkb ? __ldg(sRow + k0 / kBlock + kb) : 0.f;
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int kk = kb * kBlock + 64 * c + 16 * t;        // byte offset in the chunk
+                        const bool kOk = kb < nkb && k0 + kk < kEnd;       // a 16-byte piece is all in or all out
+#pragma unroll
+                        for (int nt = 0; nt < NT; ++nt) {
+                            if (XS && kOk && tokOk[nt]) {
+                                const uint8_t* xp = xs + 2 * (static_cast<size_t>(m0 + 8 * nt + g) * K + k0 + kk);
+                                lds128(x[p][nt][c][0], xp);
+                                lds128(x[p][nt][c][1], xp + 16);
+                            } else if (TRT_GEMMA4_BULK_PROBE != 2 && kOk && tokOk[nt]) {
+                                ldgCached128(x[p][nt][c][0], xRow[nt] + k0 + kk - 16 * t);
+                                ldgCached128(x[p][nt][c][1], xRow[nt] + k0 + kk - 16 * t + 8);
+                            } else {
+                                zero4(x[p][nt][c][0]);
+                                zero4(x[p][nt][c][1]);
+                            }
+                        }
+                    }
+                }
+#pragma unroll
+                for (int p = 0; p < kBulkPair; ++p) {
+                    const int kb = kbl + p * consumers;
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const int kk = kb * kBlock + 64 * c + 16 * t;
+                        if (kb < nkb && k0 + kk < kEnd) {
+                            lds128(w[p][0][c], st + g * kBulkPitch + kk);
+                            lds128(w[p][1][c], st + (g + 8) * kBulkPitch + kk);
+                        } else {
+                            zero4(w[p][0][c]);
+                            zero4(w[p][1][c]);
+                        }
+                        if (TRT_GEMMA4_BULK_PROBE == 2) {
+#pragma unroll
+                            for (int nt = 0; nt < NT; ++nt) {
+                                x[p][nt][c][0][0] = x[p][nt][c][1][1] = w[p][0][c][1];
+                                x[p][nt][c][0][1] = x[p][nt][c][1][0] = w[p][1][c][0];
+                                x[p][nt][c][0][2] = x[p][nt][c][0][3] = 0x3f803f80u;
+                                x[p][nt][c][1][2] = x[p][nt][c][1][3] = 0x3f803f80u;
+                            }
+                        }
+                    }
+                }
+                // Independent partial sums per (k-block, 64-k piece): short dependent mma chains.
+                float part[kBulkPair][2][NT][4];
+#pragma unroll
+                for (int p = 0; p < kBulkPair; ++p)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c)
+#pragma unroll
+                        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) part[p][c][nt][e] = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                    for (int p = 0; p < kBulkPair; ++p) {
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            uint32_t a0, a1, a2, a3;  // a0/a2: row g, a1/a3: row g+8 (fragment register order)
+                            fp8x4ToBf16Frag(w[p][0][c][j], a0, a2);
+                            fp8x4ToBf16Frag(w[p][1][c][j], a1, a3);
+#pragma unroll
+                            for (int nt = 0; nt < NT; ++nt) {
+                                uint32_t b0, b1;
+                                if (XS) {
+                                    b0 = x[p][nt][c][j >> 1][(j & 1) * 2];
+                                    b1 = x[p][nt][c][j >> 1][(j & 1) * 2 + 1];
+                                } else {
+                                    bf16x4ToFrag(x[p][nt][c][j >> 1][(j & 1) * 2],
+                                                 x[p][nt][c][j >> 1][(j & 1) * 2 + 1], b0, b1);
+                                }
+                                mmaBf16(part[p][c][nt], a0, a1, a2, a3, b0, b1);
+                            }
+                        }
+                    }
+                }
+#pragma unroll
+                for (int p = 0; p < kBulkPair; ++p)
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            acc[nt][e] = fmaf(sc[p], part[p][0][nt][e] + part[p][1][nt][e], acc[nt][e]);
+            }
+            __syncwarp();
+            if (lane == 0) mbarArrive(emptyBar + 8 * s);
+        }
+        // Sum the consumer warps' accumulators (red[warp][e][lane]: conflict-free) and store. Element e of lane
+        // `ln` is C(row, token) of the m16n8 fragment: e = 0,1 -> row g, tokens 2t, 2t+1; e = 2,3 -> row g+8.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) red[(cw * kElems + nt * 4 + e) * 32 + lane] = acc[nt][e];
+        namedBarrierSync(1, consumers * 32);
+        for (int idx = threadIdx.x - 32; idx < kElems * 32; idx += consumers * 32) {
+            float v = 0.f;
+            for (int w = 0; w < consumers; ++w) v += red[w * kElems * 32 + idx];
+            const int e = idx >> 5, ln = idx & 31;
+            const int row = n0 + (ln >> 2) + ((e & 2) ? 8 : 0);
+            const int tok = m0 + 8 * (e >> 2) + 2 * (ln & 3) + (e & 1);
+            if (tok < M) {
+                if (splits == 1) {
+                    Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
+                } else {
+                    partial[(static_cast<size_t>(z) * M + tok) * N + row] = v;
+                }
+            }
+        }
+        namedBarrierSync(1, consumers * 32);  // red is written again by the next unit
+    }
+#endif
 }
 
 // Sums the split-K FP32 partials [splits][M][N] and writes BF16, 4 outputs per thread.
@@ -615,6 +881,48 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     return launch(streamKernel<NT, RG, DEPTH>, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
 }
 
+// kBulk: `consumers` consumer warps, `stages` ring stages, `splits` k-splits (> 1: FP32 partials, reduce pass).
+// Persistent: as many CTAs as fit on the device, capped at the unit count. With one token tile (M <= 8), NT = 1,
+// the activations are staged in shared memory when that still leaves two CTAs per SM. cudaErrorNotSupported
+// before sm_90.
+template <int NT, bool XS>
+cudaError_t launchBulkAs(int consumers, int stages, int splits, int smem, const __nv_bfloat16* X, const uint8_t* W,
+                         const float* S, __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+    cudaError_t err = cudaFuncSetAttribute(bulkStreamKernel<NT, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    const int threads = (consumers + 1) * 32;
+    int perSm = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, bulkStreamKernel<NT, XS>, threads, smem);
+    if (err != cudaSuccess) return err;
+    if (perSm < 1) return cudaErrorInvalidValue;
+    const int kBlocks = ceilDiv(K, kBlock);
+    const int kPerSplit = ceilDiv(kBlocks, splits) * kBlock;
+    const long long units = static_cast<long long>(ceilDiv(M, 8 * NT)) * (N / 16) * splits;
+    if (units > 2147483647ll) return cudaErrorInvalidValue;
+    const int grid = static_cast<int>(std::min<long long>(units, static_cast<long long>(perSm) * smCount()));
+    return launch(bulkStreamKernel<NT, XS>, dim3(grid), threads, smem, stream, X, W, S, Y, partial, M, N, K, stages,
+                  kPerSplit, splits);
+}
+
+template <int NT>
+cudaError_t launchBulk(int consumers, int stages, int splits, const __nv_bfloat16* X, const uint8_t* W,
+                       const float* S, __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+    if (deviceMajor() < 9) return cudaErrorNotSupported;
+    if (consumers < 1 || consumers > 8 || stages < 2 || stages > 8) return cudaErrorInvalidValue;
+    const int smem = stages * kBulkStage + consumers * NT * 4 * 32 * static_cast<int>(sizeof(float)) + 16 * stages;
+    if (NT == 1 && M <= 8) {
+        int dev = 0, perSmBytes = 0, reserved = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&perSmBytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev);
+        const long long xBytes = 2ll * M * K;
+        if (2 * (smem + xBytes + reserved) <= perSmBytes)
+            return launchBulkAs<1, true>(consumers, stages, splits, smem + static_cast<int>(xBytes), X, W, S, Y,
+                                         partial, M, N, K, stream);
+    }
+    return launchBulkAs<NT, false>(consumers, stages, splits, smem, X, W, S, Y, partial, M, N, K, stream);
+}
+
 // Measured dispatch: bench/NOTES_gemm.md has the sweep (scripts/bench_gemm.py --tune) these rules summarize.
 constexpr int kDequantMinM = 512;  // callers with a BF16 GEMM: split-dequantize + cuBLAS from here
 
@@ -832,6 +1140,14 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
             case 3: err = launchTiled<Tile3>(grid, X, W, S, Y, partial, M, N, K, stream); break;
             case 4: err = launchTiled<Tile4>(grid, X, W, S, Y, partial, M, N, K, stream); break;
             default: err = launchTiled<Tile5>(grid, X, W, S, Y, partial, M, N, K, stream); break;
+        }
+    } else if (config.kernel == BlockFp8GemmKernel::kBulk) {
+        if (config.tile == 1) {
+            err = launchBulk<1>(config.warps, config.depth, config.splits, X, W, S, Y, partial, M, N, K, stream);
+        } else if (config.tile == 2) {
+            err = launchBulk<2>(config.warps, config.depth, config.splits, X, W, S, Y, partial, M, N, K, stream);
+        } else {
+            return cudaErrorInvalidValue;
         }
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,

@@ -47,6 +47,10 @@ enum class BlockFp8GemmKernel : int {
     kTiled = 2,   // cp.async multi-stage shared-memory tiles (larger M)
     kWgmma = 3,   // sm_90a only: TMA + warp-specialized wgmma, weights widened once per CTA tile
                   // (block_fp8_gemm_sm90.cu); `tile` is the token tile: 16, 32, 64, 128 or 256
+    kBulk = 4,    // sm_90+: small M with the weights streamed through a shared-memory ring by cp.async.bulk
+                  // (persistent CTAs, one producer warp); `tile` = token tiles of 8 (1 or 2), `warps` = consumer
+                  // warps (1..8), `depth` = ring stages (2..8). Measured slower than kStream on an H200, so never
+                  // chosen by the default dispatch (hand-set configurations only)
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.
@@ -67,12 +71,13 @@ struct BlockFp8GemmConfig {
                         // wgmma: tokens per CTA (16, 32, 64, 128; 256 = the persistent kernel, splits = 1);
                         // a CTA always covers 128 weight rows
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
-    int warps = 8;      // stream only: warps per CTA, all on the same rows, splitting K (1..8)
+    int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8); bulk: consumer warps
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass;
                         // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'
                         // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
                         // and one FP32 partial tile per SM)
-    int depth = 3;      // stream only: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4)
+    int depth = 3;      // stream: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4);
+                        // bulk: shared-memory ring stages (2..8)
 };
 
 // Semaphores: an optional int32 buffer of kBlockFp8GemmSemaphores entries, zeroed ONCE by its owner (e.g.
