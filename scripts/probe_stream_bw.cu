@@ -7,7 +7,9 @@
 //              warps reading them back (each CTA streams one contiguous range);
 // each per matrix (o 3840x4096, qkv 8192x3840, gate_up 30720x3840) and over the whole 48-layer linear stack (one
 // launch per matrix, 192 per token). "early": the kernel lets its dependents launch at its start instead of at its
-// end. gemm_m1 is the library's default dispatch at M = 1. Prints one JSON object per line.
+// end. gemm_m1 is the library's default dispatch at M = 1; gemm_bulk_* the bulk-copy GEMM (kBulk) by hand-set
+// configuration; with -DTRT_GEMMA4_PROBE_SWITCHES (PROBE_FLAGS), stream_m{1,16}_{full,checked} the streaming kernel's
+// whole-block and bounds-checked forms at M = 1 and 16. Prints one JSON object per line.
 #include "../plugins/kernels/block_fp8_gemm.cuh"
 
 #include <cuda_bf16.h>
@@ -21,6 +23,12 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#ifdef TRT_GEMMA4_PROBE_SWITCHES
+namespace trt_gemma4 {
+extern int gProbeStreamFull;  // block_fp8_gemm.cu: 0 = the streaming kernel's general (bounds-checked) form
+}
+#endif
 
 #define CHECK(x)                                                                                  \
     do {                                                                                          \
@@ -249,6 +257,9 @@ int main() {
     CHECK(cudaMalloc(&x, 16 * 15360 * 2));
     CHECK(cudaMemset(x, 0, 16 * 15360 * 2));
     CHECK(cudaMalloc(&y, 16 * 30720 * 2));
+    size_t wsBytes = size_t(8) * 16 * 30720 * 4;  // split-K partials of any default configuration up to M = 16
+    void* ws = nullptr;
+    CHECK(cudaMalloc(&ws, wsBytes));
     size_t stackBytes = 0;
     for (auto& m : stack) stackBytes += size_t(m.n) * m.k;
 
@@ -261,6 +272,23 @@ int main() {
                             CHECK(trt_gemma4::blockFp8WoGemm(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, 1,
                                                              m.n, m.k, nullptr, 0, s));
                         }});
+#ifdef TRT_GEMMA4_PROBE_SWITCHES
+    // The streaming kernel's general form (bounds checks) against its whole-block form, same process; M = 1 and 16.
+    for (int mm : {1, 16}) {
+        for (int full = 0; full < 2; ++full) {
+            variants.push_back({"stream_m" + std::to_string(mm) + (full ? "_full" : "_checked"),
+                                [&, mm, full](const Mat& m, cudaStream_t s) {
+                                    trt_gemma4::gProbeStreamFull = full;
+                                    const trt_gemma4::BlockFp8GemmConfig c =
+                                        trt_gemma4::blockFp8WoGemmDefaultConfig(mm, m.n, m.k);
+                                    CHECK(trt_gemma4::blockFp8WoGemmWithConfig(
+                                        x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, mm, m.n, m.k, c, ws,
+                                        wsBytes, s));
+                                    trt_gemma4::gProbeStreamFull = 1;
+                                }});
+        }
+    }
+#endif
     // The bulk-copy GEMM (kBulk, M = 1) with other consumer-warp and stage counts: (warps, stages).
     for (auto ws : {std::pair<int, int>{4, 3}, {8, 3}, {8, 2}, {2, 4}, {4, 4}, {6, 3}}) {
         variants.push_back({"gemm_bulk_w" + std::to_string(ws.first) + "_s" + std::to_string(ws.second),
