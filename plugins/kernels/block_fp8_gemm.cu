@@ -1073,7 +1073,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         // Many row tiles: fewer, longer k-streams per CTA; M = 17..32 with few row tiles (1024 x 8192): 8 warps
         // split K inside the CTA (M = 24: 8.4 vs 12.4 µs with 4 warps and split-K 2).
         c.warps = (c.tile == 4 ? 2 * ctas >= sms : N >= 8192) ? 4 : 8;
-        c.depth = (c.tile == 1 && N >= 24576) ? 3 : 2;
+        c.depth = 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
         // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave; M = 9..16
         // (already two row groups: 272 CTAs for 264 slots): one row group and split-K 2, many small CTAs that
@@ -1090,6 +1090,14 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             return c;
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
+        // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
+        // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
+        // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6), else two (qkv_global, 544 CTAs: 10.8 µs; gate_up,
+        // many waves: 31.0 vs 31.9).
+        if (c.tile == 1 && c.rowGroups == 1) {
+            const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
+            if (slots3 > 0 && static_cast<long long>(ctas) * c.splits <= slots3) c.depth = 3;
+        }
         return c;
     }
     if (wgmmaAvailable()) return wgmmaConfig(M, N, K, sms);
