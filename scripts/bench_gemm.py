@@ -387,7 +387,7 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                         for sp in (1, 2, 4):
                             cands.append((1, nt, 1, wp, sp, d))
                 if nt < 4:
-                    cands += [(1, nt, 2, 4, 1, 2), (1, nt, 2, 8, 1, 2)]
+                    cands += [(1, nt, 2, wp, 1, d) for wp in (4, 8) for d in ((2, 3) if nt == 1 else (2,))]
             if m <= 16 and torch.cuda.get_device_capability()[0] >= 9:
                 # The bulk-copy streaming kernel: consumer warps, split-K, ring stages.
                 for wp in (2, 4, 8):
