@@ -11,6 +11,7 @@
 // configuration; with -DTRT_GEMMA4_PROBE_SWITCHES (PROBE_FLAGS), stream_m{1,16}_{full,checked} the streaming kernel's
 // whole-block and bounds-checked forms at M = 1 and 16. Prints one JSON object per line.
 #include "../plugins/kernels/block_fp8_gemm.cuh"
+#include "../plugins/kernels/block_fp8_gemm_detail.cuh"  // mbarrier wrappers
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -73,26 +74,12 @@ __global__ void __launch_bounds__(256) readLdg(const uint4* __restrict__ p, size
     if (acc == 0x9e3779b9u) out[0] = acc;  // keeps the loads; practically never taken
 }
 
-__device__ __forceinline__ uint32_t smemAddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbarInit(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbarExpectTx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbarArrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!done);
-}
+using trt_gemma4::detail::mbarArrive;
+using trt_gemma4::detail::mbarExpectTx;
+using trt_gemma4::detail::mbarInit;
+using trt_gemma4::detail::mbarWait;
+using trt_gemma4::detail::smemAddr;
+
 __device__ __forceinline__ void bulkLoad(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                  "l"(src), "r"(bytes), "r"(bar)
