@@ -11,7 +11,8 @@
 // configuration; with -DTRT_GEMMA4_PROBE_SWITCHES (PROBE_FLAGS), stream_m{1,16}_{full,checked} the streaming kernel's
 // whole-block and bounds-checked forms at M = 1 and 16. Prints one JSON object per line.
 #include "../plugins/kernels/block_fp8_gemm.cuh"
-#include "../plugins/kernels/block_fp8_gemm_detail.cuh"  // mbarrier wrappers
+#include "../plugins/kernels/block_fp8_gemm_detail.cuh"  // mbarrier, PDL and launch wrappers
+#include "cuda_check.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -31,19 +32,15 @@ extern int gProbeStreamFull;  // block_fp8_gemm.cu: 0 = the streaming kernel's g
 }
 #endif
 
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        const cudaError_t e_ = (x);                                                               \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
-
 namespace {
 
-__device__ __forceinline__ void pdlWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdlTrigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+using trt_gemma4::detail::allowDependents;
+using trt_gemma4::detail::mbarArrive;
+using trt_gemma4::detail::mbarExpectTx;
+using trt_gemma4::detail::mbarInit;
+using trt_gemma4::detail::mbarWait;
+using trt_gemma4::detail::smemAddr;
+using trt_gemma4::detail::waitForPrerequisite;
 
 __device__ __forceinline__ void ldg16(uint4& r, const void* p) {
     asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -53,7 +50,7 @@ __device__ __forceinline__ void ldg16(uint4& r, const void* p) {
 
 template <int U>
 __global__ void __launch_bounds__(256) readLdg(const uint4* __restrict__ p, size_t n16, unsigned* out, int early) {
-    if (early) pdlTrigger();
+    if (early) allowDependents();
     unsigned acc = 0;
     const size_t stride = size_t(gridDim.x) * blockDim.x;
     size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -69,16 +66,10 @@ __global__ void __launch_bounds__(256) readLdg(const uint4* __restrict__ p, size
         ldg16(r, p + i);
         acc ^= r.x ^ r.y ^ r.z ^ r.w;
     }
-    if (!early) pdlTrigger();
-    pdlWait();
+    if (!early) allowDependents();
+    waitForPrerequisite();
     if (acc == 0x9e3779b9u) out[0] = acc;  // keeps the loads; practically never taken
 }
-
-using trt_gemma4::detail::mbarArrive;
-using trt_gemma4::detail::mbarExpectTx;
-using trt_gemma4::detail::mbarInit;
-using trt_gemma4::detail::mbarWait;
-using trt_gemma4::detail::smemAddr;
 
 __device__ __forceinline__ void bulkLoad(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
@@ -93,7 +84,7 @@ __global__ void __launch_bounds__(160) readBulk(const uint8_t* __restrict__ p, s
                                                 int stages, unsigned* out, int early) {
     extern __shared__ __align__(128) uint8_t smem[];
     __shared__ __align__(8) uint64_t bars[2 * kMaxStages];
-    if (early) pdlTrigger();
+    if (early) allowDependents();
     const size_t chunks = (bytes + stageBytes - 1) / stageBytes;
     const size_t c0 = chunks * blockIdx.x / gridDim.x, c1 = chunks * (blockIdx.x + 1) / gridDim.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -132,24 +123,15 @@ __global__ void __launch_bounds__(160) readBulk(const uint8_t* __restrict__ p, s
             if (lane == 0) mbarArrive(empty + 8 * s);
         }
     }
-    if (!early) pdlTrigger();
-    pdlWait();
+    if (!early) allowDependents();
+    waitForPrerequisite();
     if (acc == 0x9e3779b9u) out[0] = acc;
 }
 
+// Every probe kernel is launched with programmatic stream serialization (block_fp8_gemm_detail.cuh).
 template <class... KArgs, class... Args>
 void launchPdl(void (*k)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t st, Args... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = size_t(smem);
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    CHECK(cudaLaunchKernelEx(&cfg, k, static_cast<KArgs>(args)...));
+    CHECK(trt_gemma4::detail::launchEx(true, k, grid, threads, smem, st, args...));
 }
 
 // Median µs per call of a graph running calls[i % n] for `reps` calls (at least every call once).

@@ -5,6 +5,7 @@
 //
 //   sol_gemm_sm90 TILE SPLITS M [M ...]    prints one JSON object per (shape, M)
 #include "../plugins/kernels/block_fp8_gemm.cuh"
+#include "cuda_check.h"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -17,15 +18,6 @@
 #ifndef TRT_GEMMA4_SOL  // -DTRT_GEMMA4_SOL=N reaches every translation unit of the build, this one included
 #define TRT_GEMMA4_SOL 0
 #endif
-
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        const cudaError_t e_ = (x);                                                               \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
 
 namespace {
 
