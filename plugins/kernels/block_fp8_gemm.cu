@@ -131,6 +131,19 @@ __device__ __forceinline__ void zero4(uint32_t (&r)[4]) { r[0] = r[1] = r[2] = r
 // the same rows. A k-block is prefetched into the other register buffer while the current one is multiplied.
 // At the end the warps' accumulators are summed through shared memory.
 
+// Activation row pointers of the B fragment: thread (g, t) of token tile nt reads token m0 + 8*nt + g from k = 16t;
+// tokens past M read token `spare` instead (their mma columns are never stored).
+template <int NT>
+__device__ __forceinline__ void tokenRows(const __nv_bfloat16* X, int M, int K, int m0, int g, int t, int spare,
+                                          const __nv_bfloat16* (&xRow)[NT], bool (&tokOk)[NT]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int tok = m0 + 8 * nt + g;
+        tokOk[nt] = tok < M;
+        xRow[nt] = X + static_cast<size_t>(tokOk[nt] ? tok : spare) * K + 16 * t;
+    }
+}
+
 template <int NT, int RG>
 struct StreamFrag {
     uint32_t w[RG][2][2][4];  // [row group][row g / g+8][64-k chunk][word] : 16 FP8 per (row, chunk)
@@ -175,12 +188,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     }
     const __nv_bfloat16* xRow[NT];
     bool tokOk[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        const int tok = m0 + 8 * nt + g;
-        tokOk[nt] = tok < M;
-        xRow[nt] = X + static_cast<size_t>(tokOk[nt] ? tok : (FULL ? M - 1 : 0)) * K + 16 * t;
-    }
+    tokenRows<NT>(X, M, K, m0, g, t, FULL ? M - 1 : 0, xRow, tokOk);
 
     // Weights and scales of k-block kb (constants: may be read before the previous kernel finished).
     auto loadW = [&](StreamFrag<NT, RG>& f, int kb) {
@@ -468,12 +476,7 @@ __global__ void __launch_bounds__(288, NT == 1 ? 2 : 1) bulkStreamKernel(const _
         const float* sRow = S + static_cast<size_t>(n0 / kBlock) * kBlocks;
         const __nv_bfloat16* xRow[NT];
         bool tokOk[NT];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const int tok = m0 + 8 * nt + g;
-            tokOk[nt] = tok < M;
-            xRow[nt] = X + static_cast<size_t>(tokOk[nt] ? tok : 0) * K + 16 * t;
-        }
+        tokenRows<NT>(X, M, K, m0, g, t, 0, xRow, tokOk);
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
