@@ -258,6 +258,53 @@ int main() {
         }
     }
 #endif
+    // Dispatch candidates for the stack (the per-matrix tune cannot see how consecutive kernels overlap): the default
+    // configuration with the streaming kernel's choices edited for some matrices (mask: 1 qkv, 2 qkv_global, 4 o,
+    // 8 o_global, 16 gate_up, 32 down): `smem` = kStreamSmem at this depth for one row group (0 = keep), `smemRg2` for
+    // two; `oRg2`: o and down at M <= 8 on two row groups and three stages (kernel kStream).
+    struct Edit {
+        const char* name;
+        int m, mask, smem, smemRg2;
+        bool oRg2;
+    };
+    auto matClass = [](const Mat& m) {
+        if (m.n == 8192) return 1;
+        if (m.n == 8704) return 2;
+        if (m.n == 30720) return 16;
+        if (m.k == 4096) return 4;
+        if (m.k == 8192) return 8;
+        return 32;
+    };
+    for (const Edit e : {Edit{"x_k5d3_m1", 1, 63, 3, 3, false}, Edit{"x_k5d3gu_m1", 1, 16, 3, 0, false},
+                         Edit{"x_k5d3qg_m1", 1, 2, 3, 0, false}, Edit{"x_k5d3gu_org2_m1", 1, 16, 3, 0, true},
+                         Edit{"x_org2_m1", 1, 0, 0, 0, true}}) {
+        variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
+                                trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(e.m, m.n, m.k);
+                                if (c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream) {
+                                    if (e.oRg2 && m.n == 3840 && c.tile == 1) {
+                                        c.rowGroups = 2;
+                                        c.depth = 3;
+                                    }
+                                    const int d = c.rowGroups == 1 ? e.smem : e.smemRg2;
+                                    if (d > 0 && (e.mask & matClass(m)) != 0) {
+                                        c.kernel = trt_gemma4::BlockFp8GemmKernel::kStreamSmem;
+                                        c.depth = d;
+                                    }
+                                }
+                                CHECK(trt_gemma4::blockFp8WoGemmWithConfig(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w),
+                                                                           m.s, y, e.m, m.n, m.k, c, ws, wsBytes, s));
+                            }});
+    }
+    // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
+    variants.push_back({"x_k1_m16", [&](const Mat& m, cudaStream_t s) {
+                            trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
+                            if (c.kernel == trt_gemma4::BlockFp8GemmKernel::kStreamSmem) {
+                                c.kernel = trt_gemma4::BlockFp8GemmKernel::kStream;
+                                c.depth = 2;
+                            }
+                            CHECK(trt_gemma4::blockFp8WoGemmWithConfig(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w),
+                                                                       m.s, y, 16, m.n, m.k, c, ws, wsBytes, s));
+                        }});
     // The bulk-copy GEMM (kBulk, M = 1) with other consumer-warp and stage counts: (warps, stages).
     for (auto ws : {std::pair<int, int>{4, 3}, {8, 3}, {8, 2}, {2, 4}, {4, 4}, {6, 3}}) {
         variants.push_back({"gemm_bulk_w" + std::to_string(ws.first) + "_s" + std::to_string(ws.second),

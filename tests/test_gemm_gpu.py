@@ -85,9 +85,14 @@ def test_default_dispatch_matches_fp64(n: int, k: int, m: int) -> None:
 
 # Every kernel variant (kernel, tile, row_groups, warps, splits, depth), on shapes with partial blocks and tails.
 STREAM_VARIANTS = [(1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 2, 2), (1, 2, 3), (2, 1, 2), (2, 1, 3), (2, 2, 2), (4, 1, 2)]
-CONFIGS = [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))] + [
-    (2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)
-]
+# The streaming kernel with its weight ring in shared memory (kernel 5): every instantiation.
+SMEM_VARIANTS = [(1, 1, 3), (1, 1, 4), (1, 1, 5), (1, 2, 2), (1, 2, 3), (2, 1, 3), (2, 1, 4), (2, 2, 2), (2, 2, 3)]
+SMEM_VARIANTS += [(4, 1, 2), (4, 1, 3)]
+CONFIGS = (
+    [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
+    + [(5, nt, rg, wp, sp, d) for nt, rg, d in SMEM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
+    + [(2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)]
+)
 # The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros); the
 # persistent kernel data-parallel (tile 256, splits 1) and stream-K (tiles 128 and 256, splits 0).
 WGMMA_STREAM_K = [(3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
@@ -123,6 +128,21 @@ def check_config(config: tuple[int, ...], n: int, k: int, m: int, what: str) -> 
     torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
     torch.cuda.synchronize()
     check(y, x, w, s, f"{what} {config} M={m} N={n} K={k}")
+
+
+@pytest.mark.parametrize("variant", SMEM_VARIANTS, ids=lambda v: "t{}r{}d{}".format(*v))
+@pytest.mark.parametrize(("n", "k", "m"), [(144, 272, 37), (3840, 4096, 1), (8704, 3840, 16), (1040, 1168, 5)], ids=str)
+def test_smem_ring_is_bit_identical_to_register_ring(variant: tuple[int, int, int], n: int, k: int, m: int) -> None:
+    """Kernel 5 does kernel 1's arithmetic in kernel 1's order: same bits, for every instantiation."""
+    nt, rg, d = variant
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    run = torch.ops.trt_gemma4.block_fp8_gemm_config
+    for wp, sp in ((8, 1), (4, 2)):
+        ref = run(x, w, s, 1, nt, rg, wp, sp, depth=2)
+        y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        run(x, w, s, 5, nt, rg, wp, sp, depth=d, out=y)
+        assert torch.equal(y, ref), f"kernel 5 {variant} warps={wp} splits={sp} M={m} N={n} K={k} differs from kernel 1"
 
 
 @pytest.mark.skipif(

@@ -97,6 +97,16 @@ __device__ __forceinline__ void ldgCached128(uint32_t (&r)[4], const void* p) {
     asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
 }
 
+__device__ __forceinline__ void lds128Addr(uint32_t (&r)[4], uint32_t a) {
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+__device__ __forceinline__ float lds32Addr(uint32_t a) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(a));
+    return v;
+}
+
 __device__ __forceinline__ void lds128(uint32_t (&r)[4], const void* p) {
     const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
@@ -107,6 +117,16 @@ __device__ __forceinline__ void cpAsync16(void* smemDst, const void* src, bool v
     const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smemDst));
     const int n = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n));
+}
+// cp.async of 16 weight bytes (read once): bypass L1, ask L2 for the whole 256-byte segment; zero-filled when !valid.
+__device__ __forceinline__ void cpAsync16Stream(uint32_t smemDst, const void* src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smemDst), "l"(src), "r"(n));
+}
+// cp.async of 4 bytes (through L1: 32 lanes read the same scale), zero-filled when !valid.
+__device__ __forceinline__ void cpAsync4(uint32_t smemDst, const void* src, bool valid) {
+    const int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smemDst), "l"(src), "r"(n));
 }
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
@@ -156,12 +176,17 @@ struct StreamFrag {
 // M-1 instead of zeros (their columns of the mma are never stored). At M = 1 (NT = 1, RG = 1, DEPTH = 2) that takes
 // the main loop from 263 to 213 instructions per k-block (SASS), and the 12B stack from 3443 to 3164 µs on an H200
 // (same process, scripts/probe_stream_bw.sh with PROBE_FLAGS=-DTRT_GEMMA4_PROBE_SWITCHES).
-template <int NT, int RG, int DEPTH, bool FULL>
+//
+// SMEM (kernel kStreamSmem): the weights and scales of the k-blocks in flight wait in a per-warp shared-memory ring
+// filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
+// in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
+// SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
+template <int NT, int RG, int DEPTH, bool FULL, bool SMEM>
 __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
                                                     int M, int N, int K) {
-    extern __shared__ float red[];
+    extern __shared__ __align__(16) float dynSmem[];
     const int kBlocks = (K + kBlock - 1) / kBlock;
     const int warps = blockDim.x >> 5;
     const int warp = threadIdx.x >> 5;
@@ -296,36 +321,106 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
                 for (int i = 0; i < 4; ++i) acc[r][nt][i] = fmaf(f.s[r], part[r][nt][i], acc[r][nt][i]);
     };
 
-    // Register ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a
-    // compile-time constant in the unrolled inner loop, so the buffers stay in registers.
-    StreamFrag<NT, RG> buf[DEPTH];
     // Let the next kernel's CTAs queue from the start: they take the slots our CTAs leave and start their own weight
     // prefetch during our tail (H200, M = 1 stack: 3306 -> 3211 µs against triggering after the main loop).
     allowDependents();
     int kb = split * warps + warp;
+    float* red = dynSmem;
+    if constexpr (!SMEM) {
+        // Register ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a
+        // compile-time constant in the unrolled inner loop, so the buffers stay in registers.
+        StreamFrag<NT, RG> buf[DEPTH];
 #pragma unroll
-    for (int d = 0; d < DEPTH - 1; ++d)
-        if (kb + d * stride < kBlocks) loadW(buf[d], kb + d * stride);
-    waitForPrerequisite();
+        for (int d = 0; d < DEPTH - 1; ++d)
+            if (kb + d * stride < kBlocks) loadW(buf[d], kb + d * stride);
+        waitForPrerequisite();
 #pragma unroll
-    for (int d = 0; d < DEPTH - 1; ++d)
-        if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
-    bool done = kb >= kBlocks;
-    while (!done) {
+        for (int d = 0; d < DEPTH - 1; ++d)
+            if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
+        bool done = kb >= kBlocks;
+        while (!done) {
 #pragma unroll
-        for (int d = 0; d < DEPTH; ++d) {
-            if (kb >= kBlocks) {
-                done = true;
-                break;
+            for (int d = 0; d < DEPTH; ++d) {
+                if (kb >= kBlocks) {
+                    done = true;
+                    break;
+                }
+                const int kf = kb + (DEPTH - 1) * stride;  // refill the slot consumed one step ago
+                if (kf < kBlocks) {
+                    loadW(buf[(d + DEPTH - 1) % DEPTH], kf);
+                    loadX(buf[(d + DEPTH - 1) % DEPTH], kf);
+                }
+                compute(buf[d]);
+                kb += stride;
             }
-            const int kf = kb + (DEPTH - 1) * stride;  // refill the slot consumed one step ago
-            if (kf < kBlocks) {
-                loadW(buf[(d + DEPTH - 1) % DEPTH], kf);
-                loadX(buf[(d + DEPTH - 1) % DEPTH], kf);
-            }
-            compute(buf[d]);
-            kb += stride;
         }
+    } else {
+        // Shared-memory ring [warp][stage][piece][lane] of 16-byte pieces, piece = (row group, row g / g+8, 64-k chunk),
+        // then one FP32 scale per (row group, lane). Each thread reads back only the bytes it copied itself, so no
+        // barrier is needed (cp.async.wait_group alone), and a warp's copies and ld.shared of one piece are 512
+        // contiguous bytes (no bank conflicts). The scales come through the ring too (4-byte cp.async): the only
+        // global loads of the main loop are then the activations, which the warp's loads return in issue order
+        // behind (measured: activations loaded at their use instead of with their k-block cost 10-15%). The
+        // reduction buffer follows the rings.
+        constexpr int kStage = RG * 4 * 32 + RG * 8;  // 16-byte units per warp and stage
+        const uint32_t ringWarp = smemAddr(dynSmem) + 16u * static_cast<uint32_t>(warp * DEPTH * kStage);
+        const uint32_t ring = ringWarp + 16u * static_cast<uint32_t>(lane);
+        const uint32_t ringScale = ringWarp + 16u * (RG * 4 * 32) + 4u * static_cast<uint32_t>(lane);
+        red = dynSmem + 4 * warps * DEPTH * kStage;
+        // One commit group per call, empty past the last k-block, so that the wait_group count stays uniform.
+        auto issue = [&](int st, int k2) {
+            if (k2 < kBlocks) {
+                const uint32_t k = static_cast<uint32_t>(k2) * kBlock;
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        const bool ok = FULL || (rowOk[r] && static_cast<int>(k) + 64 * c + 16 * t < K);
+                        const uint32_t dst = ring + 16u * static_cast<uint32_t>(st * kStage + (r * 4 + c) * 32);
+                        cpAsync16Stream(dst, wRow[r] + (ok ? k + 64 * c : 0), ok);
+                        cpAsync16Stream(dst + 16u * 64u, wRow8[r] + (ok ? k + 64 * c : 0), ok);
+                    }
+                    cpAsync4(ringScale + 16u * static_cast<uint32_t>(st * kStage) + 128u * r, sRow[r] + k2,
+                             FULL || rowOk[r]);
+                }
+            }
+            cpAsyncCommit();
+        };
+        StreamFrag<NT, RG> xbuf[DEPTH];  // only .x used: the activations' register ring
+#pragma unroll
+        for (int d = 0; d < DEPTH - 1; ++d) issue(d, kb + d * stride);
+        waitForPrerequisite();
+#pragma unroll
+        for (int d = 0; d < DEPTH - 1; ++d)
+            if (kb + d * stride < kBlocks) loadX(xbuf[d], kb + d * stride);
+        bool done = kb >= kBlocks;
+        while (!done) {
+#pragma unroll
+            for (int d = 0; d < DEPTH; ++d) {
+                if (kb >= kBlocks) {
+                    done = true;
+                    break;
+                }
+                const int kf = kb + (DEPTH - 1) * stride;
+                issue((d + DEPTH - 1) % DEPTH, kf);  // the stage consumed one step ago
+                if (kf < kBlocks) loadX(xbuf[(d + DEPTH - 1) % DEPTH], kf);
+                cpAsyncWait<DEPTH - 1>();  // this thread's pieces of stage d landed
+                StreamFrag<NT, RG>& f = xbuf[d];
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int c = 0; c < 2; ++c)
+                            lds128Addr(f.w[r][h][c],
+                                       ring + 16u * static_cast<uint32_t>(d * kStage + (r * 4 + h * 2 + c) * 32));
+                    f.s[r] = lds32Addr(ringScale + 16u * static_cast<uint32_t>(d * kStage) + 128u * r);
+                }
+                compute(f);
+                kb += stride;
+            }
+        }
+        cpAsyncWait<0>();
     }
 
     // Accumulator element e = (r*NT + nt)*4 + i of lane `ln` is C(row, token) of the m16n8 fragment:
@@ -914,17 +1009,26 @@ int gProbeStreamFull = 1;
 #endif
 namespace {
 
-template <int NT, int RG, int DEPTH>
+// Dynamic shared memory of a streaming-kernel launch: the kStreamSmem rings, then the cross-warp reduction buffer.
+int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps) {
+    const int ring = smemRing ? warps * depth * (rg * 4 * 32 + rg * 8) * 16 : 0;
+    return ring + (warps > 1 ? warps * rg * nt * 4 * 32 * static_cast<int>(sizeof(float)) : 0);
+}
+
+template <int NT, int RG, int DEPTH, bool SMEM>
 cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uint8_t* W, const float* S,
                          __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
-    const int smem = warps > 1 ? warps * RG * NT * 4 * 32 * static_cast<int>(sizeof(float)) : 0;
+    const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps);
     bool full = K % kBlock == 0 && N % (16 * RG) == 0;
 #ifdef TRT_GEMMA4_PROBE_SWITCHES  // scripts/probe_stream_bw.cu only: A/B of the two forms in one process
     full = full && gProbeStreamFull != 0;
 #endif
-    if (full)
-        return launch(streamKernel<NT, RG, DEPTH, true>, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
-    return launch(streamKernel<NT, RG, DEPTH, false>, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
+    auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
+    if (smem > 48 * 1024) {
+        const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (err != cudaSuccess) return err;
+    }
+    return launch(kernel, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
 }
 
 // kBulk: `consumers` consumer warps, `stages` ring stages, `splits` k-splits (> 1: FP32 partials, reduce pass).
@@ -978,11 +1082,11 @@ int streamResidentCtasPerSm(int nt, int rg, int depth, int warps) {
     int blocks = 0;
     cudaError_t err = cudaErrorInvalidValue;
     if (nt == 1 && rg == 1 && depth == 2)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 2, true>, warps * 32, smem);
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 2, true, false>, warps * 32, smem);
     else if (nt == 1 && rg == 1 && depth == 3)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 3, true>, warps * 32, smem);
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<1, 1, 3, true, false>, warps * 32, smem);
     else if (nt == 2 && rg == 2 && depth == 2)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<2, 2, 2, true>, warps * 32, smem);
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<2, 2, 2, true, false>, warps * 32, smem);
     return err == cudaSuccess ? blocks : 0;
 }
 
@@ -1056,6 +1160,20 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 
 }  // namespace
 
+// M = 9..16 on the streaming kernel (model shapes; not the drafter's few-k-block rule): the weight ring in shared
+// memory, one stage deeper (two row groups: 3, one: 4), so that more of the weights are requested before the previous
+// kernel finishes. Measured on the 12B stack (scripts/probe_stream_bw.cu, one launch per matrix with PDL, H200,
+// same process): M = 16 4526-4550 µs -> 4018-4024 (down alone: 4155-4164; qkv and qkv_global alone: 4454-4463),
+// although each matrix timed back to back against itself is slower this way except qkv_global (qkv 11.0 -> 12.3 µs,
+// o 6.7 -> 7.4, down 18.5 -> 21.2; qkv_global 15.8 -> 14.9): the stack is the decode step. bench/NOTES_gemm.md v18.
+// Hopper only (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB).
+BlockFp8GemmConfig smemRingForBatch(BlockFp8GemmConfig c) {
+    if (deviceMajor() != 9) return c;
+    c.kernel = BlockFp8GemmKernel::kStreamSmem;
+    c.depth = c.rowGroups == 2 ? 3 : 4;
+    return c;
+}
+
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     const int sms = smCount();
     const int kBlocks = ceilDiv(K, kBlock);
@@ -1089,10 +1207,10 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
         } else if (c.tile == 2 && overWave && kBlocks >= 4) {
             // One row group per warp, 8 warps (H200 qkv_global M = 16, same-run tune with the whole-block kernel:
-            // 15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule).
+            // 15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule), weight ring in shared memory (below).
             c.rowGroups = 1;
             c.warps = 8;
-            return c;
+            return smemRingForBatch(c);
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         // M = 9..16 where two row groups per warp leave each warp fewer than 4 k-blocks (the drafter's short K or
@@ -1104,6 +1222,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.warps = kBlocks <= 8 ? 4 : 8;
             c.splits = chooseSplits(ceilDiv(N, 16) * ceilDiv(M, 16), (9 * sms) / 10, 8, kBlocks, c.warps);
         }
+        if (c.tile == 2 && c.rowGroups == 2) return smemRingForBatch(c);
         // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
         // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
         // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6), else two (qkv_global, 544 CTAs: 10.8 µs; gate_up,
@@ -1171,26 +1290,38 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         partial = static_cast<float*>(workspace);
     }
     cudaError_t err = cudaSuccess;
-    if (config.kernel == BlockFp8GemmKernel::kStream) {
+    if (config.kernel == BlockFp8GemmKernel::kStream || config.kernel == BlockFp8GemmKernel::kStreamSmem) {
+        const bool smemRing = config.kernel == BlockFp8GemmKernel::kStreamSmem;
         const int nt = config.tile, rg = config.rowGroups, warps = config.warps, depth = config.depth;
         if (warps < 1 || warps > 8) return cudaErrorInvalidValue;
         const dim3 grid(ceilDiv(M, 8 * nt), ceilDiv(N, 16 * rg), config.splits);
         if (grid.x > 2147483647u || grid.y > 65535u) return cudaErrorInvalidValue;
         bool found = false;
-#define TRT_GEMMA4_STREAM_CASE(NT_, RG_, DEPTH_)                                                                 \
-    if (!found && nt == NT_ && rg == RG_ && depth == DEPTH_) {                                                   \
+#define TRT_GEMMA4_STREAM_CASE(SMEM_, NT_, RG_, DEPTH_)                                                         \
+    if (!found && smemRing == SMEM_ && nt == NT_ && rg == RG_ && depth == DEPTH_) {                              \
         found = true;                                                                                            \
-        err = launchStream<NT_, RG_, DEPTH_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);                 \
+        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);          \
     }
-        TRT_GEMMA4_STREAM_CASE(1, 1, 2)
-        TRT_GEMMA4_STREAM_CASE(1, 1, 3)
-        TRT_GEMMA4_STREAM_CASE(1, 1, 4)
-        TRT_GEMMA4_STREAM_CASE(1, 2, 2)
-        TRT_GEMMA4_STREAM_CASE(1, 2, 3)
-        TRT_GEMMA4_STREAM_CASE(2, 1, 2)
-        TRT_GEMMA4_STREAM_CASE(2, 1, 3)
-        TRT_GEMMA4_STREAM_CASE(2, 2, 2)
-        TRT_GEMMA4_STREAM_CASE(4, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(false, 1, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(false, 1, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(false, 1, 1, 4)
+        TRT_GEMMA4_STREAM_CASE(false, 1, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(false, 1, 2, 3)
+        TRT_GEMMA4_STREAM_CASE(false, 2, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(false, 2, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(false, 2, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(false, 4, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(true, 1, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(true, 1, 1, 4)
+        TRT_GEMMA4_STREAM_CASE(true, 1, 1, 5)
+        TRT_GEMMA4_STREAM_CASE(true, 1, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(true, 1, 2, 3)
+        TRT_GEMMA4_STREAM_CASE(true, 2, 1, 3)
+        TRT_GEMMA4_STREAM_CASE(true, 2, 1, 4)
+        TRT_GEMMA4_STREAM_CASE(true, 2, 2, 2)
+        TRT_GEMMA4_STREAM_CASE(true, 2, 2, 3)
+        TRT_GEMMA4_STREAM_CASE(true, 4, 1, 2)
+        TRT_GEMMA4_STREAM_CASE(true, 4, 1, 3)
 #undef TRT_GEMMA4_STREAM_CASE
         if (!found) return cudaErrorInvalidValue;
     } else if (config.kernel == BlockFp8GemmKernel::kTiled) {

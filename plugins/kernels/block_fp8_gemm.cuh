@@ -51,6 +51,8 @@ enum class BlockFp8GemmKernel : int {
                   // (persistent CTAs, one producer warp); `tile` = token tiles of 8 (1 or 2), `warps` = consumer
                   // warps (1..8), `depth` = ring stages (2..8). Measured slower than kStream on an H200, so never
                   // chosen by the default dispatch (hand-set configurations only)
+    kStreamSmem = 5,  // kStream with the weights and scales in flight in a per-warp shared-memory ring (cp.async)
+                      // instead of registers; same fields and same results bit for bit (sm_80+)
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.
@@ -77,6 +79,8 @@ struct BlockFp8GemmConfig {
                         // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
                         // and one FP32 partial tile per SM)
     int depth = 3;      // stream: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4);
+                        // streamSmem: ring stages, tile 1: 3-5 (row groups 2: 2-3), tile 2: 3-4 (row groups 2:
+                        // 2-3), tile 4: 2-3;
                         // bulk: shared-memory ring stages (2..8)
 };
 
