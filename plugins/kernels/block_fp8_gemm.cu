@@ -1164,8 +1164,8 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 // memory, one stage deeper (two row groups: 3, one: 4), so that more of the weights are requested before the previous
 // kernel finishes. Measured on the 12B stack (scripts/probe_stream_bw.cu, one launch per matrix with PDL, H200,
 // same process): M = 16 4526-4550 µs -> 4018-4024 (down alone: 4155-4164; qkv and qkv_global alone: 4454-4463),
-// although each matrix timed back to back against itself is slower this way except qkv_global (qkv 11.0 -> 12.3 µs,
-// o 6.7 -> 7.4, down 18.5 -> 21.2; qkv_global 15.8 -> 14.9): the stack is the decode step. bench/NOTES_gemm.md v18.
+// although each matrix timed back to back against itself is slower this way (same-run tune: qkv 10.9 -> 12.5 µs,
+// o 6.6 -> 7.4, down 18.5 -> 21.2): the stack is the decode step. bench/NOTES_gemm.md v18.
 // Hopper only (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB).
 BlockFp8GemmConfig smemRingForBatch(BlockFp8GemmConfig c) {
     if (deviceMajor() != 9) return c;
@@ -1206,11 +1206,17 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
         } else if (c.tile == 2 && overWave && kBlocks >= 4) {
-            // One row group per warp, 8 warps (H200 qkv_global M = 16, same-run tune with the whole-block kernel:
-            // 15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule), weight ring in shared memory (below).
+            // Hopper: the shared-memory ring at two stages keeps two row groups in one wave (its 146-154 registers
+            // and 35 KB fit three 4-warp CTAs per SM; H200 qkv_global M = 16, same-run tune: 14.9 µs). Elsewhere one
+            // row group per warp, 8 warps (15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule; kStreamSmem
+            // on that shape, 8 warps and four stages, took ~22 µs in the table run).
+            if (deviceMajor() == 9) {
+                c.kernel = BlockFp8GemmKernel::kStreamSmem;
+                return c;  // tile 2, two row groups, 4 warps, no split, two stages
+            }
             c.rowGroups = 1;
             c.warps = 8;
-            return smemRingForBatch(c);
+            return c;
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         // M = 9..16 where two row groups per warp leave each warp fewer than 4 k-blocks (the drafter's short K or
