@@ -326,102 +326,85 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     allowDependents();
     int kb = split * warps + warp;
     float* red = dynSmem;
-    if constexpr (!SMEM) {
-        // Register ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a
-        // compile-time constant in the unrolled inner loop, so the buffers stay in registers.
-        StreamFrag<NT, RG> buf[DEPTH];
+    // SMEM: shared-memory ring [warp][stage][piece][lane] of 16-byte pieces, piece = (row group, row g / g+8, 64-k
+    // chunk), then one FP32 scale per (row group, lane). Each thread reads back only the bytes it copied itself, so no
+    // barrier is needed (cp.async.wait_group alone), and a warp's copies and ld.shared of one piece are 512 contiguous
+    // bytes (no bank conflicts). The scales come through the ring too (4-byte cp.async): the only global loads of the
+    // main loop are then the activations, which the warp's loads return in issue order behind (measured: activations
+    // loaded at their use instead of with their k-block cost 10-15%). The reduction buffer follows the rings.
+    constexpr int kStage = RG * 4 * 32 + RG * 8;  // 16-byte units per warp and stage
+    const uint32_t ringWarp = smemAddr(dynSmem) + 16u * static_cast<uint32_t>(warp * DEPTH * kStage);
+    const uint32_t ring = ringWarp + 16u * static_cast<uint32_t>(lane);
+    const uint32_t ringScale = ringWarp + 16u * (RG * 4 * 32) + 4u * static_cast<uint32_t>(lane);
+    if constexpr (SMEM) red = dynSmem + 4 * warps * DEPTH * kStage;
+    // SMEM: one commit group per call, empty past the last k-block, so that the wait_group count stays uniform.
+    auto issue = [&](int st, int k2) {
+        if (k2 < kBlocks) {
+            const uint32_t k = static_cast<uint32_t>(k2) * kBlock;
 #pragma unroll
-        for (int d = 0; d < DEPTH - 1; ++d)
-            if (kb + d * stride < kBlocks) loadW(buf[d], kb + d * stride);
-        waitForPrerequisite();
+            for (int r = 0; r < RG; ++r) {
 #pragma unroll
-        for (int d = 0; d < DEPTH - 1; ++d)
-            if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
-        bool done = kb >= kBlocks;
-        while (!done) {
-#pragma unroll
-            for (int d = 0; d < DEPTH; ++d) {
-                if (kb >= kBlocks) {
-                    done = true;
-                    break;
+                for (int c = 0; c < 2; ++c) {
+                    const bool ok = FULL || (rowOk[r] && static_cast<int>(k) + 64 * c + 16 * t < K);
+                    const uint32_t dst = ring + 16u * static_cast<uint32_t>(st * kStage + (r * 4 + c) * 32);
+                    cpAsync16Stream(dst, wRow[r] + (ok ? k + 64 * c : 0), ok);
+                    cpAsync16Stream(dst + 16u * 64u, wRow8[r] + (ok ? k + 64 * c : 0), ok);
                 }
-                const int kf = kb + (DEPTH - 1) * stride;  // refill the slot consumed one step ago
-                if (kf < kBlocks) {
-                    loadW(buf[(d + DEPTH - 1) % DEPTH], kf);
-                    loadX(buf[(d + DEPTH - 1) % DEPTH], kf);
-                }
-                compute(buf[d]);
-                kb += stride;
+                cpAsync4(ringScale + 16u * static_cast<uint32_t>(st * kStage) + 128u * r, sRow[r] + k2,
+                         FULL || rowOk[r]);
             }
         }
-    } else {
-        // Shared-memory ring [warp][stage][piece][lane] of 16-byte pieces, piece = (row group, row g / g+8, 64-k chunk),
-        // then one FP32 scale per (row group, lane). Each thread reads back only the bytes it copied itself, so no
-        // barrier is needed (cp.async.wait_group alone), and a warp's copies and ld.shared of one piece are 512
-        // contiguous bytes (no bank conflicts). The scales come through the ring too (4-byte cp.async): the only
-        // global loads of the main loop are then the activations, which the warp's loads return in issue order
-        // behind (measured: activations loaded at their use instead of with their k-block cost 10-15%). The
-        // reduction buffer follows the rings.
-        constexpr int kStage = RG * 4 * 32 + RG * 8;  // 16-byte units per warp and stage
-        const uint32_t ringWarp = smemAddr(dynSmem) + 16u * static_cast<uint32_t>(warp * DEPTH * kStage);
-        const uint32_t ring = ringWarp + 16u * static_cast<uint32_t>(lane);
-        const uint32_t ringScale = ringWarp + 16u * (RG * 4 * 32) + 4u * static_cast<uint32_t>(lane);
-        red = dynSmem + 4 * warps * DEPTH * kStage;
-        // One commit group per call, empty past the last k-block, so that the wait_group count stays uniform.
-        auto issue = [&](int st, int k2) {
-            if (k2 < kBlocks) {
-                const uint32_t k = static_cast<uint32_t>(k2) * kBlock;
+        cpAsyncCommit();
+    };
+
+    // Ring of DEPTH k-blocks: DEPTH-1 blocks are in flight while one is multiplied. The ring index is a compile-time
+    // constant in the unrolled inner loop, so the buffers stay in registers (SMEM: only the activations wait there;
+    // each step reads its weights and scale back from shared memory into the slot's .w and .s).
+    StreamFrag<NT, RG> buf[DEPTH];
 #pragma unroll
-                for (int r = 0; r < RG; ++r) {
+    for (int d = 0; d < DEPTH - 1; ++d) {
+        if constexpr (SMEM)
+            issue(d, kb + d * stride);
+        else if (kb + d * stride < kBlocks)
+            loadW(buf[d], kb + d * stride);
+    }
+    waitForPrerequisite();
 #pragma unroll
-                    for (int c = 0; c < 2; ++c) {
-                        const bool ok = FULL || (rowOk[r] && static_cast<int>(k) + 64 * c + 16 * t < K);
-                        const uint32_t dst = ring + 16u * static_cast<uint32_t>(st * kStage + (r * 4 + c) * 32);
-                        cpAsync16Stream(dst, wRow[r] + (ok ? k + 64 * c : 0), ok);
-                        cpAsync16Stream(dst + 16u * 64u, wRow8[r] + (ok ? k + 64 * c : 0), ok);
-                    }
-                    cpAsync4(ringScale + 16u * static_cast<uint32_t>(st * kStage) + 128u * r, sRow[r] + k2,
-                             FULL || rowOk[r]);
-                }
+    for (int d = 0; d < DEPTH - 1; ++d)
+        if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
+    bool done = kb >= kBlocks;
+    while (!done) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+            if (kb >= kBlocks) {
+                done = true;
+                break;
             }
-            cpAsyncCommit();
-        };
-        StreamFrag<NT, RG> xbuf[DEPTH];  // only .x used: the activations' register ring
-#pragma unroll
-        for (int d = 0; d < DEPTH - 1; ++d) issue(d, kb + d * stride);
-        waitForPrerequisite();
-#pragma unroll
-        for (int d = 0; d < DEPTH - 1; ++d)
-            if (kb + d * stride < kBlocks) loadX(xbuf[d], kb + d * stride);
-        bool done = kb >= kBlocks;
-        while (!done) {
-#pragma unroll
-            for (int d = 0; d < DEPTH; ++d) {
-                if (kb >= kBlocks) {
-                    done = true;
-                    break;
-                }
-                const int kf = kb + (DEPTH - 1) * stride;
-                issue((d + DEPTH - 1) % DEPTH, kf);  // the stage consumed one step ago
-                if (kf < kBlocks) loadX(xbuf[(d + DEPTH - 1) % DEPTH], kf);
+            const int kf = kb + (DEPTH - 1) * stride;  // refill the slot consumed one step ago
+            StreamFrag<NT, RG>& refill = buf[(d + DEPTH - 1) % DEPTH];
+            if constexpr (SMEM) {
+                issue((d + DEPTH - 1) % DEPTH, kf);
+                if (kf < kBlocks) loadX(refill, kf);
                 cpAsyncWait<DEPTH - 1>();  // this thread's pieces of stage d landed
-                StreamFrag<NT, RG>& f = xbuf[d];
 #pragma unroll
                 for (int r = 0; r < RG; ++r) {
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
 #pragma unroll
                         for (int c = 0; c < 2; ++c)
-                            lds128Addr(f.w[r][h][c],
+                            lds128Addr(buf[d].w[r][h][c],
                                        ring + 16u * static_cast<uint32_t>(d * kStage + (r * 4 + h * 2 + c) * 32));
-                    f.s[r] = lds32Addr(ringScale + 16u * static_cast<uint32_t>(d * kStage) + 128u * r);
+                    buf[d].s[r] = lds32Addr(ringScale + 16u * static_cast<uint32_t>(d * kStage) + 128u * r);
                 }
-                compute(f);
-                kb += stride;
+            } else if (kf < kBlocks) {
+                loadW(refill, kf);
+                loadX(refill, kf);
             }
+            compute(buf[d]);
+            kb += stride;
         }
-        cpAsyncWait<0>();
     }
+    if constexpr (SMEM) cpAsyncWait<0>();
 
     // Accumulator element e = (r*NT + nt)*4 + i of lane `ln` is C(row, token) of the m16n8 fragment:
     // i = 0,1 -> row g, tokens 2t, 2t+1; i = 2,3 -> row g+8.
