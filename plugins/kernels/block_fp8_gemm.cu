@@ -7,7 +7,9 @@
 //  * streamKernel (small M): no shared memory on the main path. Each thread loads its weight bytes with
 //    16-byte non-allocating global loads straight into a register ring, DEPTH-1 k-blocks ahead of the math,
 //    converts them to BF16 fragments in registers and feeds the tensor cores. Warps of a CTA share 16-row weight
-//    groups and split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums.
+//    groups and split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums. Its SMEM
+//    form (kStreamSmem) keeps the weights in flight in a per-warp shared-memory ring filled by cp.async instead;
+//    the dispatch uses it at M = 9..16 on Hopper.
 //  * tiledKernel (larger M): classic multi-stage cp.async pipeline; weight (FP8) and token (BF16) tiles in
 //    shared memory, each warp converts its own weight fragments from shared memory.
 // A third, bulkStreamKernel (sm_90+, cp.async.bulk into a shared-memory ring, streamKernel's math), was measured
