@@ -241,6 +241,11 @@ int main() {
                             CHECK(trt_gemma4::blockFp8WoGemm(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, 1,
                                                              m.n, m.k, nullptr, 0, s));
                         }});
+    // One GEMM on matrix m with a hand-set configuration (the split-K workspace covers every default up to M = 16).
+    auto gemmWith = [&](const Mat& m, int mm, const trt_gemma4::BlockFp8GemmConfig& c, cudaStream_t s) {
+        CHECK(trt_gemma4::blockFp8WoGemmWithConfig(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, mm, m.n,
+                                                   m.k, c, ws, wsBytes, s));
+    };
 #ifdef TRT_GEMMA4_PROBE_SWITCHES
     // The streaming kernel's general form (bounds checks) against its whole-block form, same process; M = 1 and 16.
     for (int mm : {1, 16}) {
@@ -248,11 +253,7 @@ int main() {
             variants.push_back({"stream_m" + std::to_string(mm) + (full ? "_full" : "_checked"),
                                 [&, mm, full](const Mat& m, cudaStream_t s) {
                                     trt_gemma4::gProbeStreamFull = full;
-                                    const trt_gemma4::BlockFp8GemmConfig c =
-                                        trt_gemma4::blockFp8WoGemmDefaultConfig(mm, m.n, m.k);
-                                    CHECK(trt_gemma4::blockFp8WoGemmWithConfig(
-                                        x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, mm, m.n, m.k, c, ws,
-                                        wsBytes, s));
+                                    gemmWith(m, mm, trt_gemma4::blockFp8WoGemmDefaultConfig(mm, m.n, m.k), s);
                                     trt_gemma4::gProbeStreamFull = 1;
                                 }});
         }
@@ -291,8 +292,7 @@ int main() {
                                         c.depth = d;
                                     }
                                 }
-                                CHECK(trt_gemma4::blockFp8WoGemmWithConfig(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w),
-                                                                           m.s, y, e.m, m.n, m.k, c, ws, wsBytes, s));
+                                gemmWith(m, e.m, c, s);
                             }});
     }
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
@@ -302,22 +302,19 @@ int main() {
                                 c.kernel = trt_gemma4::BlockFp8GemmKernel::kStream;
                                 c.depth = 2;
                             }
-                            CHECK(trt_gemma4::blockFp8WoGemmWithConfig(x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w),
-                                                                       m.s, y, 16, m.n, m.k, c, ws, wsBytes, s));
+                            gemmWith(m, 16, c, s);
                         }});
     // The bulk-copy GEMM (kBulk, M = 1) with other consumer-warp and stage counts: (warps, stages).
-    for (auto ws : {std::pair<int, int>{4, 3}, {8, 3}, {8, 2}, {2, 4}, {4, 4}, {6, 3}}) {
-        variants.push_back({"gemm_bulk_w" + std::to_string(ws.first) + "_s" + std::to_string(ws.second),
-                            [&, ws](const Mat& m, cudaStream_t s) {
+    for (auto wst : {std::pair<int, int>{4, 3}, {8, 3}, {8, 2}, {2, 4}, {4, 4}, {6, 3}}) {
+        variants.push_back({"gemm_bulk_w" + std::to_string(wst.first) + "_s" + std::to_string(wst.second),
+                            [&, wst](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c;
                                 c.kernel = trt_gemma4::BlockFp8GemmKernel::kBulk;
                                 c.tile = 1;
-                                c.warps = ws.first;
-                                c.depth = ws.second;
+                                c.warps = wst.first;
+                                c.depth = wst.second;
                                 c.splits = 1;
-                                CHECK(trt_gemma4::blockFp8WoGemmWithConfig(
-                                    x, reinterpret_cast<const __nv_fp8_e4m3*>(m.w), m.s, y, 1, m.n, m.k, c, nullptr,
-                                    0, s));
+                                gemmWith(m, 1, c, s);
                             }});
     }
     for (int early = 0; early < 2; ++early) {

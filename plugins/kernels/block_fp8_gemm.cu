@@ -109,10 +109,7 @@ __device__ __forceinline__ float lds32Addr(uint32_t a) {
     return v;
 }
 
-__device__ __forceinline__ void lds128(uint32_t (&r)[4], const void* p) {
-    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
+__device__ __forceinline__ void lds128(uint32_t (&r)[4], const void* p) { lds128Addr(r, smemAddr(p)); }
 
 // cp.async of 16 bytes, zero-filled when !valid (src-size 0: nothing is read).
 __device__ __forceinline__ void cpAsync16(void* smemDst, const void* src, bool valid) {
@@ -1063,7 +1060,7 @@ constexpr int kDequantMinM = 512;  // callers with a BF16 GEMM: split-dequantize
 
 // CTAs of one streaming-kernel instantiation that fit on an SM at once (0 if unknown).
 int streamResidentCtasPerSm(int nt, int rg, int depth, int warps) {
-    const int smem = warps > 1 ? warps * rg * nt * 4 * 32 * static_cast<int>(sizeof(float)) : 0;
+    const int smem = streamSmemBytes(nt, rg, depth, false, warps);
     int blocks = 0;
     cudaError_t err = cudaErrorInvalidValue;
     if (nt == 1 && rg == 1 && depth == 2)
@@ -1146,16 +1143,17 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 }  // namespace
 
 // M = 9..16 on the streaming kernel (model shapes; not the drafter's few-k-block rule): the weight ring in shared
-// memory, one stage deeper (two row groups: 3, one: 4), so that more of the weights are requested before the previous
-// kernel finishes. Measured on the 12B stack (scripts/probe_stream_bw.cu, one launch per matrix with PDL, H200,
+// memory (two row groups: one stage deeper, 3; qkv_global's over-wave case: 2), so that more of the weights are
+// requested before the previous kernel finishes. Measured on the 12B stack (scripts/probe_stream_bw.cu, one launch per matrix with PDL, H200,
 // same process): M = 16 4526-4550 µs -> 4018-4024 (down alone: 4155-4164; qkv and qkv_global alone: 4454-4463),
 // although each matrix timed back to back against itself is slower this way (same-run tune: qkv 10.9 -> 12.5 µs,
 // o 6.6 -> 7.4, down 18.5 -> 21.2): the stack is the decode step. bench/NOTES_gemm.md v18.
 // Hopper only (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB).
-BlockFp8GemmConfig smemRingForBatch(BlockFp8GemmConfig c) {
-    if (deviceMajor() != 9) return c;
+bool smemRingForBatch() { return deviceMajor() == 9; }
+
+BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
     c.kernel = BlockFp8GemmKernel::kStreamSmem;
-    c.depth = c.rowGroups == 2 ? 3 : 4;
+    c.depth = depth;
     return c;
 }
 
@@ -1195,10 +1193,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             // and 35 KB fit three 4-warp CTAs per SM; H200 qkv_global M = 16, same-run tune: 14.9 µs). Elsewhere one
             // row group per warp, 8 warps (15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule; kStreamSmem
             // on that shape, 8 warps and four stages, took 22.7 µs in the table run).
-            if (deviceMajor() == 9) {
-                c.kernel = BlockFp8GemmKernel::kStreamSmem;
-                return c;  // tile 2, two row groups, 4 warps, no split, two stages
-            }
+            if (smemRingForBatch()) return withSmemRing(c, 2);  // tile 2, two row groups, 4 warps, no split
             c.rowGroups = 1;
             c.warps = 8;
             return c;
@@ -1213,7 +1208,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.warps = kBlocks <= 8 ? 4 : 8;
             c.splits = chooseSplits(ceilDiv(N, 16) * ceilDiv(M, 16), (9 * sms) / 10, 8, kBlocks, c.warps);
         }
-        if (c.tile == 2 && c.rowGroups == 2) return smemRingForBatch(c);
+        if (c.tile == 2 && c.rowGroups == 2 && smemRingForBatch()) return withSmemRing(c, 3);
         // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
         // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
         // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6), else two (qkv_global, 544 CTAs: 10.8 µs; gate_up,

@@ -596,18 +596,21 @@ __device__ __forceinline__ void persistentKBlock(float (&acc)[T / 2], float& uni
 //    between tiles.
 // Stages are half k-blocks (64 k): weights [128 rows][64 B] with the 64-byte swizzle (16-byte chunk c of row r at
 // c ^ ((r >> 1) & 3): the 8 rows a warp reads per load hit 8 distinct 16-byte bank groups), tokens [256][64 bf16]
-// with the 128-byte swizzle, 40 KB per stage, 5 stages.
-struct WideShape {
-    static constexpr int T = 256;
-    static constexpr int STAGES = 5;
+// with the 128-byte swizzle, 40 KB per stage, 5 stages. The stream-K kernel below uses the same layout (T = 256 or
+// 128; 8 stages at 128).
+template <int TOKENS>
+struct PersistShape {
+    static constexpr int T = TOKENS;
+    static constexpr int STAGES = T == 256 ? 5 : 8;
     static constexpr int W_BYTES = kRows * 64;  // 8 KB FP8
-    static constexpr int X_BYTES = T * 128;     // [256][64] bf16
+    static constexpr int X_BYTES = T * 128;     // [T][64] bf16
     static constexpr int STAGE = W_BYTES + X_BYTES;
     static constexpr int BARS = STAGES * STAGE;
     static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;
     static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
+using WideShape = PersistShape<256>;
 
 __global__ void __launch_bounds__(384, 1)
     wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
@@ -721,18 +724,9 @@ __global__ void __launch_bounds__(384, 1)
 // This is a separate kernel rather than a mode of the wide one: one template for both walks compiled the
 // data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests. The two share the
 // k-block step, the producer's stage and the store (persistentKBlock, produceStage, storeAccTile), which leaves the
-// wide kernel's instructions as measured (checked on the SASS: only two producer registers are swapped).
-template <int T>
-struct PersistShape {
-    static constexpr int STAGES = T == 256 ? 5 : 8;
-    static constexpr int W_BYTES = kRows * 64;  // 8 KB FP8
-    static constexpr int X_BYTES = T * 128;     // [T][64] bf16
-    static constexpr int STAGE = W_BYTES + X_BYTES;
-    static constexpr int BARS = STAGES * STAGE;
-    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;
-    static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
-    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
-};
+// wide kernel's instructions as measured (checked on the SASS: only two producer registers are swapped). Their
+// kernel prologue and consumer-warpgroup setup stay written out in each: moving the setup into a shared helper
+// changed the SASS of both kernels, which no longer matched what was measured.
 
 // Stream-K workspace: flags [G][2] (int, 256-byte padded), then partial tiles [G][2][T/2][128] FP32.
 constexpr size_t streamKFlagBytes(int grid) {
