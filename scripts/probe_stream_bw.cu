@@ -164,6 +164,271 @@ float graphUs(const std::vector<std::function<void(cudaStream_t)>>& calls, int r
     return 1000.f * t[t.size() / 2] / reps;
 }
 
+// ---- Experiment kernels (TRT_GEMMA4_STREAM_EXP): the streaming kernel's M <= 8 whole-block form (NT = 1),
+// copied here with compile-time edits, timed against the library's kernel in one process. EXP bits:
+//   1 weights read from a tiled layout (one contiguous 2 KB tile per (row group, k-block) in lane order: each warp
+//     load instruction covers 512 contiguous bytes); the bytes read are not the library's layout, timing only
+//   2 no BF16x2 multiply by 2^120 per weight pair (2^120 folded elsewhere); the activation fragments take one
+//     instead, at their use
+//   8 loads through loop-carried pointers bumped per k-block (no address recomputation in the main loop)
+//   4 FP8 -> BF16 through PRMT with sign replication: ((prmt(q) << 4) & 0x87F087F0), 3 ops per pair
+//  16 no conversion at all (the FP8 words fed to the mma as they are; timing only)
+//  32 cvt.rn.f16x2.e4m3x2 per weight pair and an F16 mma (activations taken as F16 bits; timing only)
+//  64 no activation loads in the main loop (fragments from the first k-block reused; timing only)
+#ifdef TRT_GEMMA4_STREAM_EXP
+namespace xp {
+__device__ __forceinline__ void ldgS(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "l"(p));
+}
+__device__ __forceinline__ void ldgC(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
+}
+template <bool F16>
+__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+    if constexpr (F16)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t bmul(uint32_t a, uint32_t b) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+    return d;
+}
+__device__ __forceinline__ uint32_t cvtF16x2(uint16_t v) {
+    uint32_t d;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(d) : "h"(v));
+    return d;
+}
+template <int EXP>
+__device__ __forceinline__ void conv(uint32_t q, uint32_t& even, uint32_t& odd) {
+    if constexpr ((EXP & 16) != 0) {
+        even = q;
+        odd = q;
+        return;
+    } else if constexpr ((EXP & 32) != 0) {
+        even = cvtF16x2(static_cast<uint16_t>(q));
+        odd = cvtF16x2(static_cast<uint16_t>(q >> 16));
+        return;
+    } else {
+        if constexpr ((EXP & 4) != 0) {
+            even = (__byte_perm(q, 0u, 0xA280) << 4) & 0x87F087F0u;
+            odd = (__byte_perm(q, 0u, 0xB391) << 4) & 0x87F087F0u;
+        } else {
+            const uint32_t e = q << 8;
+            even = (e & 0x80008000u) | ((e & 0x7F007F00u) >> 4);
+            odd = (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
+        }
+        if constexpr ((EXP & 2) == 0) {
+            even = bmul(even, 0x7B807B80u);
+            odd = bmul(odd, 0x7B807B80u);
+        }
+    }
+}
+}  // namespace xp
+
+template <int RG, int DEPTH, int EXP>
+__global__ void __launch_bounds__(256, (EXP & 8) != 0 && RG == 1 ? 2 : 1) expStream(const __nv_bfloat16* __restrict__ X, const uint8_t* __restrict__ W,
+                                                 const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M,
+                                                 int N, int K) {
+    extern __shared__ __align__(16) float red[];
+    constexpr bool kF16 = (EXP & 32) != 0;
+    const int kBlocks = K / 128;
+    const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.y * (16 * RG);
+    const int stride = warps;
+    const uint8_t* wRow[RG];
+    const uint8_t* wRow8[RG];
+    const uint8_t* wTile[RG];
+    const float* sRow[RG];
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+        const int row = n0 + 16 * r + g;
+        wRow[r] = W + static_cast<size_t>(row) * K + 16 * t;
+        wRow8[r] = wRow[r] + static_cast<size_t>(8) * K;
+        wTile[r] = W + static_cast<size_t>((n0 / 16 + r) * kBlocks) * 2048 + 16 * lane;
+        sRow[r] = S + static_cast<size_t>((n0 + 16 * r) / 128) * kBlocks;
+    }
+    const __nv_bfloat16* xRow = X + static_cast<size_t>(min(g, M - 1)) * K + 16 * t;
+    struct Frag {
+        uint32_t w[RG][2][2][4];
+        uint32_t x[2][2][4];
+        float s[RG];
+    };
+    // EXP & 8: cursors (loop-carried pointers, opaque to the compiler) at the next k-block to load.
+    const uint8_t* cw[RG];
+    const uint8_t* cw8[RG];
+    const float* cs[RG];
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+        cw[r] = wRow[r] + warp * 128;
+        cw8[r] = wRow8[r] + warp * 128;
+        cs[r] = sRow[r] + warp;
+    }
+    const __nv_bfloat16* cx = xRow + warp * 128;
+    auto loadW = [&](Frag& f, int kb) {
+        const uint32_t k = static_cast<uint32_t>(kb) * 128;
+        if constexpr ((EXP & 8) != 0) {
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    xp::ldgS(f.w[r][0][c], cw[r] + 64 * c);
+                    xp::ldgS(f.w[r][1][c], cw8[r] + 64 * c);
+                }
+                f.s[r] = __ldg(cs[r]);
+                cw[r] += stride * 128;
+                cw8[r] += stride * 128;
+                cs[r] += stride;
+                asm volatile("" : "+l"(cw[r]), "+l"(cw8[r]), "+l"(cs[r]));
+            }
+            return;
+        }
+#pragma unroll
+        for (int r = 0; r < RG; ++r) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                if constexpr ((EXP & 1) != 0) {
+                    xp::ldgS(f.w[r][0][c], wTile[r] + kb * 2048 + c * 512);
+                    xp::ldgS(f.w[r][1][c], wTile[r] + kb * 2048 + 1024 + c * 512);
+                } else {
+                    xp::ldgS(f.w[r][0][c], wRow[r] + k + 64 * c);
+                    xp::ldgS(f.w[r][1][c], wRow8[r] + k + 64 * c);
+                }
+            }
+            f.s[r] = __ldg(sRow[r] + kb);
+        }
+    };
+    auto loadX = [&](Frag& f, int kb) {
+        const uint32_t k = static_cast<uint32_t>(kb) * 128;
+        if constexpr ((EXP & 8) != 0) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                xp::ldgC(f.x[c][0], cx + 64 * c);
+                xp::ldgC(f.x[c][1], cx + 64 * c + 8);
+            }
+            cx += stride * 128;
+            asm volatile("" : "+l"(cx));
+        } else {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                xp::ldgC(f.x[c][0], xRow + k + 64 * c);
+                xp::ldgC(f.x[c][1], xRow + k + 64 * c + 8);
+            }
+        }
+    };
+    float acc[RG][4] = {};
+    auto compute = [&](const Frag& f) {
+        float part[RG][4] = {};
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const uint32_t x01 = f.x[c][j >> 1][(j & 1) * 2], x23 = f.x[c][j >> 1][(j & 1) * 2 + 1];
+                uint32_t b0 = __byte_perm(x01, x23, 0x5410), b1 = __byte_perm(x01, x23, 0x7632);
+                if constexpr ((EXP & 2) != 0) {  // the activations take the 2^120 (at their use)
+                    b0 = xp::bmul(b0, 0x3F803F80u);
+                    b1 = xp::bmul(b1, 0x3F803F80u);
+                }
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    uint32_t a0, a1, a2, a3;
+                    xp::conv<EXP>(f.w[r][0][c][j], a0, a2);
+                    xp::conv<EXP>(f.w[r][1][c][j], a1, a3);
+                    xp::mma<kF16>(part[r], a0, a1, a2, a3, b0, b1);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[r][i] = fmaf(f.s[r], part[r][i], acc[r][i]);
+    };
+    allowDependents();
+    int kb = warp;
+    Frag buf[DEPTH];
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; ++d)
+        if (kb + d * stride < kBlocks) loadW(buf[d], kb + d * stride);
+    waitForPrerequisite();
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; ++d)
+        if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
+    if constexpr ((EXP & 64) != 0) {
+#pragma unroll
+        for (int d = 1; d < DEPTH; ++d)
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) buf[d].x[c][h][i] = buf[0].x[c][h][i];
+    }
+    bool done = kb >= kBlocks;
+    while (!done) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+            if (kb >= kBlocks) {
+                done = true;
+                break;
+            }
+            const int kf = kb + (DEPTH - 1) * stride;
+            Frag& refill = buf[(d + DEPTH - 1) % DEPTH];
+            if (kf < kBlocks) {
+                loadW(refill, kf);
+                if constexpr ((EXP & 64) == 0) loadX(refill, kf);
+            }
+            compute(buf[d]);
+            kb += stride;
+        }
+    }
+    constexpr int kElems = RG * 4;
+    auto store = [&](int e, int ln, float v) {
+        const int r = e / 4, i = e % 4;
+        const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
+        const int tok = 2 * (ln & 3) + (i & 1);
+        if (tok < M) Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
+    };
+    if (warps == 1) {
+#pragma unroll
+        for (int e = 0; e < kElems; ++e) store(e, lane, (&acc[0][0])[e]);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0])[e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
+        float v = 0.f;
+        for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
+        store(idx >> 5, idx & 31, v);
+    }
+}
+
+template <int EXP>
+bool launchExp(const trt_gemma4::BlockFp8GemmConfig& c, const __nv_bfloat16* x, const uint8_t* w, const float* s,
+               __nv_bfloat16* y, int n, int k, cudaStream_t st) {
+    if (c.kernel != trt_gemma4::BlockFp8GemmKernel::kStream || c.tile != 1 || c.splits != 1 || k % 128 != 0 ||
+        n % (16 * c.rowGroups) != 0 || c.depth < 2 || c.depth > 3)
+        return false;
+    const dim3 grid(1, n / (16 * c.rowGroups), 1);
+    const int smem = c.warps > 1 ? c.warps * c.rowGroups * 4 * 32 * 4 : 0;
+    if (c.rowGroups == 1 && c.depth == 2) launchPdl(expStream<1, 2, EXP>, grid, c.warps * 32, smem, st, x, w, s, y, 1, n, k);
+    if (c.rowGroups == 1 && c.depth == 3) launchPdl(expStream<1, 3, EXP>, grid, c.warps * 32, smem, st, x, w, s, y, 1, n, k);
+    if (c.rowGroups == 2 && c.depth == 2) launchPdl(expStream<2, 2, EXP>, grid, c.warps * 32, smem, st, x, w, s, y, 1, n, k);
+    if (c.rowGroups == 2 && c.depth == 3) launchPdl(expStream<2, 3, EXP>, grid, c.warps * 32, smem, st, x, w, s, y, 1, n, k);
+    return true;
+}
+#endif
+
 struct Mat {
     int n, k;
     uint8_t* w;
@@ -295,6 +560,28 @@ int main() {
                                 gemmWith(m, e.m, c, s);
                             }});
     }
+#ifdef TRT_GEMMA4_STREAM_EXP
+    auto addExp = [&](const char* name, auto launcher) {
+        variants.push_back({name, [&, launcher](const Mat& m, cudaStream_t s) {
+                                const trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(1, m.n, m.k);
+                                if (!launcher(c, m, s)) gemmWith(m, 1, c, s);
+                            }});
+    };
+#define TRT_GEMMA4_EXP(E)                                                                                           \
+    addExp("e" #E, [&](const trt_gemma4::BlockFp8GemmConfig& c, const Mat& m, cudaStream_t s) {                     \
+        return launchExp<E>(c, x, m.w, m.s, y, m.n, m.k, s);                                                        \
+    })
+    TRT_GEMMA4_EXP(0);
+    TRT_GEMMA4_EXP(1);
+    TRT_GEMMA4_EXP(2);
+    TRT_GEMMA4_EXP(4);
+    TRT_GEMMA4_EXP(6);
+    TRT_GEMMA4_EXP(8);
+    TRT_GEMMA4_EXP(12);
+    TRT_GEMMA4_EXP(14);
+    TRT_GEMMA4_EXP(24);
+#undef TRT_GEMMA4_EXP
+#endif
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
     variants.push_back({"x_k1_m16", [&](const Mat& m, cudaStream_t s) {
                             trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);

@@ -239,19 +239,33 @@ def test_wgmma_stream_k_is_deterministic(config: tuple[int, ...], n: int, k: int
         assert torch.equal(y, ys[0]), f"stream-K {config}: results differ between calls"
 
 
-@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
-def test_wgmma_fp8_conversion_is_exact() -> None:
-    """Every E4M3 byte (incl. subnormals) times identity-like activations, scale 1: the wgmma path must give the
-    FP8 values exactly (each output is one weight value, so FP32 accumulation adds no rounding)."""
-    n, k = 256, 256
+def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every E4M3 byte but NaN (incl. subnormals and both zeros) tiled over an [n, k] weight, scale 1, and the
+    identity as activations: y[i, j] = w[j, i], each output one weight value (FP32 accumulation adds no rounding)."""
     codes = torch.arange(256, dtype=torch.int32, device="cuda").to(torch.uint8)
     codes = codes[(codes != 0x7F) & (codes != 0xFF)]  # no NaN in checkpoints
     w = codes.repeat(n * k // codes.numel() + 1)[: n * k].view(n, k).view(torch.float8_e4m3fn)
-    s = torch.ones(2, 2, device="cuda")
-    x = torch.eye(k, device="cuda", dtype=torch.bfloat16)  # Y = Wᵀ column by column: y[i, j] = w[j, i]
-    for tile, splits in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0)):
-        y = torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, 3, tile, 1, 1, splits, depth=2)
-        assert torch.equal(y.float(), w.float().t().contiguous()), f"tile {tile}: inexact FP8 -> BF16 conversion"
+    s = torch.ones((n + 127) // 128, (k + 127) // 128, device="cuda")
+    return torch.eye(k, device="cuda", dtype=torch.bfloat16), w, s
+
+
+# (kernel, tile, row groups, warps, splits, depth): the register and shared-memory streaming rings, the tiled
+# mma.sync kernel; on sm_90 also the bulk-copy streaming kernel and every wgmma form.
+EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 3), (1, 4, 1, 8, 1, 2), (5, 1, 1, 4, 1, 3), (5, 2, 2, 8, 1, 2)]
+EXACT_CONFIGS += [(2, 1, 1, 1, 1, 2), (2, 5, 1, 1, 2, 2)]
+EXACT_CONFIGS_SM90 = [(4, 1, 1, 4, 1, 3)]
+EXACT_CONFIGS_SM90 += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0))]
+
+
+@pytest.mark.parametrize("config", EXACT_CONFIGS + EXACT_CONFIGS_SM90, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
+def test_fp8_conversion_is_exact(config: tuple[int, ...]) -> None:
+    """Every kernel's FP8 -> BF16 conversion gives the FP8 values exactly."""
+    if config in EXACT_CONFIGS_SM90 and not _is_hopper():
+        pytest.skip("the bulk and wgmma kernels are sm_90 / sm_90a only")
+    x, w, s = _all_codes_problem(256, 256)
+    y = torch.full((256, 256), float("nan"), device="cuda", dtype=torch.bfloat16)
+    torch.ops.trt_gemma4.block_fp8_gemm_config(x, w, s, *config[:5], depth=config[5], out=y)
+    assert torch.equal(y.float(), w.float().t().contiguous()), f"config {config}: inexact FP8 -> BF16 conversion"
 
 
 def test_zero_scale_blocks_and_single_block_scale() -> None:
@@ -272,6 +286,8 @@ def test_dequantize_matches_reference() -> None:
     _, w, s = random_problem(1, 400, 272, gen)
     wd = torch.ops.trt_gemma4.block_fp8_dequantize(w, s)
     torch.testing.assert_close(wd, dequantize_block_fp8(w, s, torch.float32).to(torch.bfloat16), rtol=0, atol=0)
+    _, w, s = _all_codes_problem(128, 256)  # every code, scale 1: the BF16 result is the FP8 value itself
+    assert torch.equal(torch.ops.trt_gemma4.block_fp8_dequantize(w, s).float(), w.float())
 
 
 def test_wrapper_rejects_bad_inputs() -> None:

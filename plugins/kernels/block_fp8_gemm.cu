@@ -31,21 +31,16 @@
 // [16t, 16t+16) of rows g and g+8: ONE 16-byte load per row per 64-k chunk, covering 4 mma steps; the 4 lanes of
 // a quad read 64 contiguous bytes of a row. The B fragment (tokens) needs the same permutation: thread (g, t)
 // loads 16 contiguous BF16 of token g (32 bytes) and picks (x0, x2) and (x1, x3) with two PRMTs.
-// The odd {0, 2, 1, 3} order is what the FP8->BF16 bit trick below produces for free.
+// The odd {0, 2, 1, 3} order pairs bytes (0, 2) and (1, 3) of each weight word, which the conversion below takes
+// as they come.
 //
-// ---- FP8 (E4M3) -> BF16 conversion, 4 values per 32-bit word ---------------------------------------------------
-// E4M3 = s eeee mmm (bias 7); BF16 = s eeeeeeee mmmmmmm (bias 127). Put an FP8 byte in the HIGH byte of a 16-bit
-// lane, keep the sign bit (bit 15) and shift the 7 exponent+mantissa bits right by 4: they land in the low 4 bits
-// of the BF16 exponent and the top 3 mantissa bits. The result is the same number times 2^(7-127) = 2^-120, for
-// normals and subnormals alike (BF16 has the exponent range to hold every E4M3 value exactly). On a word
-// q = [b0 b1 b2 b3] (b0 = lowest address = lowest k):
-//     hi(q) = (q & 0x80008000) | ((q & 0x7F007F00) >> 4)   -> BF16x2 (b1, b3)
-//     lo(q) = hi(q << 8)                                   -> BF16x2 (b0, b2)
-// i.e. the pairs (k+0, k+2) and (k+1, k+3): exactly the {0, 2, 1, 3} order above. The 2^-120 is undone with one
-// exact BF16x2 multiply by 2^120 (fma.rn.bf16x2 with -0 addend) per pair. Folding 2^120 into the FP32 scale
-// instead would save that multiply but would push products of small weights and activations into the FP32
-// subnormal range inside the tensor core, so we pay the multiply. Cost: ~7 integer ops + 2 HFMA2 per 4 values;
-// the slow conversion pipe (cvt.f16x2.e4m3x2, + cvt to bf16) is not used.
+// ---- FP8 (E4M3) -> BF16 conversion, 2 values per 32-bit word ---------------------------------------------------
+// (block_fp8_gemm_detail.cuh has the details.) A PRMT that sign-extends two chosen FP8 bytes to 16-bit lanes, a
+// shift left by 4 and one mask give BF16x2 = the two values times 2^-120, exactly (normals and subnormals); one BF16x2
+// multiply by 2^120 (fma.rn.bf16x2 with -0 addend) undoes the 2^-120. On a word q = [b0 b1 b2 b3] (b0 = lowest
+// address = lowest k) the pairs (b0, b2) and (b1, b3): the (k+0, k+2) and (k+1, k+3) of the {0, 2, 1, 3} order
+// above. Cost: 6 integer ops + 2 HFMA2 per 4 values (7 + 2 before v19). The conversion instruction
+// (cvt.rn.f16x2.e4m3x2) gives FP16, which the BF16 activations cannot meet without rounding; it is not used.
 //
 // ---- Scales --------------------------------------------------------------------------------------------------
 // One FP32 scale per 128x128 weight block. Weight tiles never straddle a 128-row block (16-row groups, BN ≤ 128
@@ -902,8 +897,8 @@ __global__ void dequantKernel(const uint8_t* __restrict__ W, const float* __rest
     uint32_t out[8];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-        // hi/lo give (b1, b3) and (b0, b2) scaled by 2^-120; BF16 -> FP32 is a 16-bit shift.
-        const uint32_t lo = fp8x2HiToBf16x2(q[w] << 8), hi = fp8x2HiToBf16x2(q[w]);
+        // lo/hi give (b0, b2) and (b1, b3) scaled by 2^-120; BF16 -> FP32 is a 16-bit shift.
+        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2)), hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
         const float v0 = __uint_as_float(lo << 16) * 0x1p120f * s;
         const float v2 = __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s;
         const float v1 = __uint_as_float(hi << 16) * 0x1p120f * s;
@@ -936,7 +931,7 @@ __global__ void dequantSplitKernel(const uint8_t* __restrict__ W, const float* _
     uint32_t hiOut[8], loOut[8];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-        const uint32_t lo = fp8x2HiToBf16x2(q[w] << 8), hi = fp8x2HiToBf16x2(q[w]);
+        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2)), hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
         const float v[4] = {__uint_as_float(lo << 16) * 0x1p120f * s, __uint_as_float(hi << 16) * 0x1p120f * s,
                             __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s,
                             __uint_as_float(hi & 0xFFFF0000u) * 0x1p120f * s};  // k+0, k+1, k+2, k+3
@@ -1179,21 +1174,20 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.warps = (c.tile == 4 ? 2 * ctas >= sms : N >= 8192) ? 4 : 8;
         c.depth = 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
-        // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave; M = 9..16
-        // (already two row groups: 272 CTAs for 264 slots): one row group and split-K 2, many small CTAs that
-        // balance (qkv_global M = 16: 17.3 vs 21.5 µs).
+        // nearly empty second wave. M ≤ 8 on Hopper: one row group on the shared-memory ring at three stages, whose
+        // 92-95 registers fit the grid in one wave (H200 qkv_global M = 1, same-run tune at v19: 9.6 vs 10.5 µs);
+        // elsewhere two row groups per warp halve the grid back into one wave. M = 9..16 (already two row groups:
+        // 272 CTAs for 264 slots): one row group per warp, 8 warps (H200 qkv_global M = 16, same-run tune at v19:
+        // 15.2 µs; 16.2 for 4 warps; the shared-memory ring with two row groups and two stages, 14.9 µs at v18, took
+        // 17.6 once the cheaper conversion brought it from 146 to 128 registers and four CTAs per SM).
         const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
         const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
         if (c.tile == 1 && overWave) {
+            if (smemRingForBatch()) return withSmemRing(c, 3);  // one row group, no split (a wave of CTAs)
             c.rowGroups = 2;
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
         } else if (c.tile == 2 && overWave && kBlocks >= 4) {
-            // Hopper: the shared-memory ring at two stages keeps two row groups in one wave (its 146-154 registers
-            // and 35 KB fit three 4-warp CTAs per SM; H200 qkv_global M = 16, same-run tune: 14.9 µs). Elsewhere one
-            // row group per warp, 8 warps (15.8 µs vs 17.1 for 4 warps and split-K 2, the earlier rule; kStreamSmem
-            // on that shape, 8 warps and four stages, took 22.7 µs in the table run).
-            if (smemRingForBatch()) return withSmemRing(c, 2);  // tile 2, two row groups, 4 warps, no split
             c.rowGroups = 1;
             c.warps = 8;
             return c;

@@ -10,23 +10,32 @@
 namespace trt_gemma4 {
 namespace detail {
 
-// ---- FP8 (E4M3) -> BF16 conversion, 4 values per 32-bit word -------------------------------------------------
-// E4M3 = s eeee mmm (bias 7); BF16 = s eeeeeeee mmmmmmm (bias 127). Put an FP8 byte in the HIGH byte of a 16-bit
-// lane, keep the sign bit (bit 15) and shift the 7 exponent+mantissa bits right by 4: they land in the low 4 bits
-// of the BF16 exponent and the top 3 mantissa bits. The result is the same number times 2^(7-127) = 2^-120, for
-// normals and subnormals alike (BF16 has the exponent range to hold every E4M3 value exactly). On a word
-// q = [b0 b1 b2 b3] (b0 = lowest address):
-//     hi(q) = (q & 0x80008000) | ((q & 0x7F007F00) >> 4)   -> BF16x2 (b1, b3)   (b1 in the low half)
-//     lo(q) = hi(q << 8)                                   -> BF16x2 (b0, b2)
+// ---- FP8 (E4M3) -> BF16 conversion, 2 values per 32-bit word -------------------------------------------------
+// E4M3 = s eeee mmm (bias 7); BF16 = s eeeeeeee mmmmmmm (bias 127). PRMT in its sign-replicating mode (selector
+// nibble bit 3 set: the byte becomes 8 copies of the selected byte's sign bit) sign-extends two chosen FP8 bytes to
+// 16-bit lanes, s ssssssss eeeemmm; shifting that left by 4 puts the 7 exponent+mantissa bits in the low 4 bits of
+// the BF16 exponent and the top 3 mantissa bits, and the mask 0x87F0 keeps them and one copy of the sign (bit 15)
+// and clears the rest (including the sign bits the shift carries over from the low lane into the high one). The
+// result is the same number times 2^(7-127) = 2^-120, for normals and subnormals alike (BF16 has the exponent range
+// to hold every E4M3 value exactly): 3 integer ops per pair (PRMT, shift, LOP3), any two bytes of two words.
 // The 2^-120 is undone with one exact BF16x2 multiply by 2^120 (fma.rn.bf16x2 with a -0 addend) per pair.
 // Folding 2^120 into the FP32 scale instead would push products of small weights and activations into the FP32
-// subnormal range inside the tensor core, so we pay the multiply.
+// subnormal range inside the tensor core; folding it into the activations (x * 2^k at their use) measured within
+// noise of the multiply (bench/NOTES_gemm.md v19), so we pay the multiply.
+// Measured against the previous form (7 integer ops per 4 values: shifts and masks of q and q << 8) in
+// scripts/probe_stream_bw.cu: the M = 1 stack 1.6-6% faster on an H200, bit-identical results.
 constexpr uint32_t kBf16x2Pow120 = 0x7B807B80u;  // BF16 2^120 = exponent 127+120 = 0xF7, in both halves
 constexpr uint32_t kBf16x2NegZero = 0x80008000u;
 
-__device__ __forceinline__ uint32_t fp8x2HiToBf16x2(uint32_t q) {
-    // Bytes 1 and 3 of q -> BF16x2 scaled by 2^-120.
-    return (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
+// PRMT selector that takes byte i of {b, a} (0..7, a = bytes 0-3) into the low 16-bit lane and byte j into the high
+// one, each sign-extended.
+constexpr uint32_t fp8PairSel(uint32_t i, uint32_t j) { return i | (i | 8u) << 4 | j << 8 | (j | 8u) << 12; }
+
+// FP8 bytes selected by `sel` (fp8PairSel) from {b, a} -> BF16x2 scaled by 2^-120.
+__device__ __forceinline__ uint32_t fp8PairToBf16x2(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t v;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(v) : "r"(a), "r"(b), "r"(sel));
+    return (v << 4) & 0x87F087F0u;
 }
 
 __device__ __forceinline__ uint32_t bf16x2Mul(uint32_t a, uint32_t b) {
@@ -37,8 +46,8 @@ __device__ __forceinline__ uint32_t bf16x2Mul(uint32_t a, uint32_t b) {
 
 // Converts the 4 FP8 values of q = [b0 b1 b2 b3] to BF16x2 (b0, b2) -> even and (b1, b3) -> odd, exactly.
 __device__ __forceinline__ void fp8x4ToBf16Frag(uint32_t q, uint32_t& even, uint32_t& odd) {
-    even = bf16x2Mul(fp8x2HiToBf16x2(q << 8), kBf16x2Pow120);
-    odd = bf16x2Mul(fp8x2HiToBf16x2(q), kBf16x2Pow120);
+    even = bf16x2Mul(fp8PairToBf16x2(q, 0u, fp8PairSel(0, 2)), kBf16x2Pow120);
+    odd = bf16x2Mul(fp8PairToBf16x2(q, 0u, fp8PairSel(1, 3)), kBf16x2Pow120);
 }
 
 // ---- mbarrier and bulk-copy wrappers (sm_90+ PTX; empty bodies in builds for older targets, never called there) ----

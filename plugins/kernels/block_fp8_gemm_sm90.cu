@@ -226,7 +226,9 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     return v;
 }
 
-// mult: BF16x2 2^120 (exact conversion, block_fp8_gemm_detail.cuh) or 0 (an all-zero block: zero fragments).
+// sel: fragSel(t), the two PRMT selectors that take the thread's pairs (k 2t, 2t+1) and (k 2t+8, 2t+9) straight
+// from the two loaded words. mult: BF16x2 2^120 (exact conversion, block_fp8_gemm_detail.cuh) or 0 (an all-zero
+// block: zero fragments).
 template <int STEPS, int ROW_BYTES>
 __device__ __forceinline__ void loadWeightFrags(uint32_t (&a)[STEPS][4], uint32_t rowAddr, const uint32_t (&offs)[STEPS],
                                                 uint32_t sel, uint32_t mult = kBf16x2Pow120) {
@@ -244,14 +246,20 @@ __device__ __forceinline__ void loadWeightFrags(uint32_t (&a)[STEPS][4], uint32_
         a[j][3] = lds32(p1 + 8);
         continue;
 #endif
-        const uint32_t q0 = __byte_perm(lds32(p0), lds32(p0 + 8), sel);
-        const uint32_t q1 = __byte_perm(lds32(p1), lds32(p1 + 8), sel);
+        const uint32_t r0 = lds32(p0), r0b = lds32(p0 + 8), r1 = lds32(p1), r1b = lds32(p1 + 8);
         // row g: (k 2t, 2t+1), (k 2t+8, 2t+9); row g+8 likewise
-        a[j][0] = bf16x2Mul(fp8x2HiToBf16x2(q0 << 8), mult);
-        a[j][2] = bf16x2Mul(fp8x2HiToBf16x2(q0), mult);
-        a[j][1] = bf16x2Mul(fp8x2HiToBf16x2(q1 << 8), mult);
-        a[j][3] = bf16x2Mul(fp8x2HiToBf16x2(q1), mult);
+        a[j][0] = bf16x2Mul(fp8PairToBf16x2(r0, r0b, sel & 0xFFFFu), mult);
+        a[j][2] = bf16x2Mul(fp8PairToBf16x2(r0, r0b, sel >> 16), mult);
+        a[j][1] = bf16x2Mul(fp8PairToBf16x2(r1, r1b, sel & 0xFFFFu), mult);
+        a[j][3] = bf16x2Mul(fp8PairToBf16x2(r1, r1b, sel >> 16), mult);
     }
+}
+
+// The words loaded for thread t hold k 4(t/2) .. 4(t/2)+3 (first word) and the same + 8 (second word); the thread's
+// pairs are bytes (0, 1) and (4, 5) for even t, (2, 3) and (6, 7) for odd t: PRMT selectors, low half for the
+// first pair, high half for the second.
+__device__ __forceinline__ uint32_t fragSel(int t) {
+    return (t & 1) ? (fp8PairSel(2, 3) | fp8PairSel(6, 7) << 16) : (fp8PairSel(0, 1) | fp8PairSel(4, 5) << 16);
 }
 
 template <int STEPS>
@@ -370,7 +378,7 @@ __global__ void __launch_bounds__(384, 1)
     uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g
 #pragma unroll
     for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(t >> 1) * 4;
-    const uint32_t sel = (t & 1) ? 0x7362u : 0x5140u;  // [k0 k8 k1 k9] from words (t/2, 2+t/2), half t&1
+    const uint32_t sel = fragSel(t);
     const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks + kb0;
 
     float acc[T / 2];
@@ -487,12 +495,12 @@ __device__ __forceinline__ void produceStage(int c, int k64, int n0, int m0, boo
 }
 
 // Fragment-load offsets into a [rows][64 B] weight stage with the 64-byte swizzle: rows g and g+8 XOR the chunk
-// index with (g / 2) % 4; sel gathers [k0 k8 k1 k9] from the two loaded words (see loadWeightFrags).
+// index with (g / 2) % 4; sel: fragSel(t) (see loadWeightFrags).
 __device__ __forceinline__ void persistentFragOffsets(int g, int t, uint32_t (&offs)[4], uint32_t& sel) {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
         offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
-    sel = (t & 1) ? 0x7362u : 0x5140u;
+    sel = fragSel(t);
 }
 
 // Stores a 64 x T accumulator (acc[4j + {0,1,2,3}] = row n (+8 for 2,3), token m + 8j (+1 for 1,3)) times `scale`
