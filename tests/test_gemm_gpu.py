@@ -251,7 +251,7 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
 
 # (kernel, tile, row groups, warps, splits, depth): the register and shared-memory streaming rings, the tiled
 # mma.sync kernel; on sm_90 also the bulk-copy streaming kernel and every wgmma form.
-EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 3), (1, 4, 1, 8, 1, 2), (5, 1, 1, 4, 1, 3), (5, 2, 2, 8, 1, 2)]
+EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 2), (1, 4, 1, 8, 1, 2), (5, 1, 1, 4, 1, 3), (5, 2, 2, 8, 1, 2)]
 EXACT_CONFIGS += [(2, 1, 1, 1, 1, 2), (2, 5, 1, 1, 2, 2)]
 EXACT_CONFIGS_SM90 = [(4, 1, 1, 4, 1, 3)]
 EXACT_CONFIGS_SM90 += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0))]
