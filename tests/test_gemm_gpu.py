@@ -304,6 +304,23 @@ def test_wrapper_rejects_bad_inputs() -> None:
     assert y.shape == (2, 2, 128)
 
 
+def test_ops_raise_on_bad_calls() -> None:
+    """The ops' own checks raise with the values in the message (they must not take the process down: see
+    plugins/torch/check.h)."""
+    ops = torch.ops.trt_gemma4
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.zeros(128, 256, device="cuda").to(torch.float8_e4m3fn)
+    s = torch.ones(1, 2, device="cuda")
+    with pytest.raises(RuntimeError, match=r"K=256\], got \[4, 128\]"):
+        ops.block_fp8_gemm(x[:, :128].contiguous(), w, s)
+    with pytest.raises(RuntimeError, match="must be float8_e4m3fn, got Float"):
+        ops.block_fp8_gemm(x, w.float(), s)
+    with pytest.raises(RuntimeError, match="512 elements"):
+        ops.block_fp8_gemm_out(x, w, s, torch.empty(4, 128, device="cuda"))
+    with pytest.raises(RuntimeError, match="kernel=1 tile=2 splits=1"):  # 9 warps: no such configuration
+        ops.block_fp8_gemm_config(x, w, s, 1, 2, 2, 9, 1, depth=2)
+
+
 # ---- Triton wgmma path (trt_gemma4/kernels/triton_gemm.py) ----
 
 triton_only = pytest.mark.skipif(

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "block_fp8_gemm.cuh"
+#include "check.h"
 
 namespace {
 
@@ -59,19 +60,19 @@ int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemm
 
 // Checks w and s and returns s as a contiguous [ceil(N/128), ceil(K/128)] view.
 at::Tensor checkWeight(const at::Tensor& w, const at::Tensor& s) {
-    TORCH_CHECK(w.is_cuda() && s.is_cuda(), "block_fp8_gemm: w and s must be CUDA tensors");
-    TORCH_CHECK(w.scalar_type() == at::kFloat8_e4m3fn, "block_fp8_gemm: w must be float8_e4m3fn, got ",
+    TG4_CHECK(w.is_cuda() && s.is_cuda(), "block_fp8_gemm: w and s must be CUDA tensors");
+    TG4_CHECK(w.scalar_type() == at::kFloat8_e4m3fn, "block_fp8_gemm: w must be float8_e4m3fn, got ",
                 w.scalar_type());
-    TORCH_CHECK(w.dim() == 2, "block_fp8_gemm: w must be [N, K], got ", w.sizes());
-    TORCH_CHECK(w.is_contiguous(), "block_fp8_gemm: w must be contiguous");
+    TG4_CHECK(w.dim() == 2, "block_fp8_gemm: w must be [N, K], got ", w.sizes());
+    TG4_CHECK(w.is_contiguous(), "block_fp8_gemm: w must be contiguous");
     const int64_t N = w.size(0), K = w.size(1);
-    TORCH_CHECK(N % 16 == 0 && K % 16 == 0 && N > 0 && K > 0, "block_fp8_gemm: N and K must be positive multiples of 16, got N=",
+    TG4_CHECK(N % 16 == 0 && K % 16 == 0 && N > 0 && K > 0, "block_fp8_gemm: N and K must be positive multiples of 16, got N=",
                 N, " K=", K);
-    TORCH_CHECK(s.scalar_type() == at::kFloat, "block_fp8_gemm: s must be float32, got ", s.scalar_type());
+    TG4_CHECK(s.scalar_type() == at::kFloat, "block_fp8_gemm: s must be float32, got ", s.scalar_type());
     const int64_t nb = ceilDiv(N, 128), kb = ceilDiv(K, 128);
-    TORCH_CHECK(s.numel() == nb * kb, "block_fp8_gemm: s must hold ceil(N/128)*ceil(K/128) = ", nb, "*", kb,
+    TG4_CHECK(s.numel() == nb * kb, "block_fp8_gemm: s must hold ceil(N/128)*ceil(K/128) = ", nb, "*", kb,
                 " scales, got shape ", s.sizes());
-    TORCH_CHECK(s.device() == w.device(), "block_fp8_gemm: w and s on different devices");
+    TG4_CHECK(s.device() == w.device(), "block_fp8_gemm: w and s on different devices");
     return s.reshape({nb, kb}).contiguous();
 }
 
@@ -80,10 +81,10 @@ at::Tensor checkWeight(const at::Tensor& w, const at::Tensor& s) {
 at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const trt_gemma4::BlockFp8GemmConfig* config,
                const at::Tensor* yOut, bool useSemaphores = true) {
     const at::Tensor s2 = checkWeight(w, s);
-    TORCH_CHECK(x.is_cuda() && x.device() == w.device(), "block_fp8_gemm: x must be on w's CUDA device");
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "block_fp8_gemm: x must be bfloat16, got ", x.scalar_type());
+    TG4_CHECK(x.is_cuda() && x.device() == w.device(), "block_fp8_gemm: x must be on w's CUDA device");
+    TG4_CHECK(x.scalar_type() == at::kBFloat16, "block_fp8_gemm: x must be bfloat16, got ", x.scalar_type());
     const int64_t N = w.size(0), K = w.size(1);
-    TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "block_fp8_gemm: x must be [..., K=", K, "], got ", x.sizes());
+    TG4_CHECK(x.dim() >= 1 && x.size(-1) == K, "block_fp8_gemm: x must be [..., K=", K, "], got ", x.sizes());
     const c10::cuda::CUDAGuard guard(x.device());
     std::vector<int64_t> outShape(x.sizes().begin(), x.sizes().end());
     outShape.back() = N;
@@ -91,7 +92,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
     const int64_t M = x2.size(0);
     at::Tensor y;
     if (yOut != nullptr) {
-        TORCH_CHECK(yOut->scalar_type() == at::kBFloat16 && yOut->is_contiguous() && yOut->numel() == M * N &&
+        TG4_CHECK(yOut->scalar_type() == at::kBFloat16 && yOut->is_contiguous() && yOut->numel() == M * N &&
                         yOut->device() == x.device(),
                     "block_fp8_gemm: out must be a contiguous bf16 tensor of ", M * N, " elements on x's device");
         y = yOut->view({M, N});
@@ -99,7 +100,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         y = at::empty({M, N}, x.options());
     }
     if (M == 0) return y.view(outShape);
-    TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, "block_fp8_gemm: sizes exceed int32");
+    TG4_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, "block_fp8_gemm: sizes exceed int32");
     const int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     if (config == nullptr && trt_gemma4::blockFp8WoGemmPrefersDequant(m, n, k)) {
@@ -108,7 +109,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         const cudaError_t err = trt_gemma4::blockFp8DequantizeSplit(
             reinterpret_cast<const __nv_fp8_e4m3*>(w.data_ptr()), s2.data_ptr<float>(),
             reinterpret_cast<__nv_bfloat16*>(w2.data_ptr()), n, k, stream);
-        TORCH_CHECK(err == cudaSuccess, "block_fp8_dequantize_split failed: ", cudaGetErrorString(err));
+        TG4_CHECK(err == cudaSuccess, "block_fp8_dequantize_split failed: ", cudaGetErrorString(err));
         at::linear_out(y, at::cat({x2, x2}, 1), w2);
         return y.view(outShape);
     }
@@ -119,7 +120,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         reinterpret_cast<const __nv_bfloat16*>(x2.data_ptr()), reinterpret_cast<const __nv_fp8_e4m3*>(w.data_ptr()),
         s2.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), m, n, k, c, ws.data_ptr(), wsBytes,
         stream, useSemaphores ? semaphoresFor(x.device(), stream, c) : nullptr);
-    TORCH_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
+    TG4_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
                 static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, "): ", cudaGetErrorString(err));
     return y.view(outShape);
 }
@@ -162,7 +163,7 @@ at::Tensor blockFp8Dequantize(const at::Tensor& w, const at::Tensor& s) {
         reinterpret_cast<const __nv_fp8_e4m3*>(w.data_ptr()), s2.data_ptr<float>(),
         reinterpret_cast<__nv_bfloat16*>(wd.data_ptr()), static_cast<int>(w.size(0)), static_cast<int>(w.size(1)),
         c10::cuda::getCurrentCUDAStream());
-    TORCH_CHECK(err == cudaSuccess, "block_fp8_dequantize failed: ", cudaGetErrorString(err));
+    TG4_CHECK(err == cudaSuccess, "block_fp8_dequantize failed: ", cudaGetErrorString(err));
     return wd;
 }
 
