@@ -1174,16 +1174,14 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.warps = (c.tile == 4 ? 2 * ctas >= sms : N >= 8192) ? 4 : 8;
         c.depth = 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
-        // nearly empty second wave. M ≤ 8 on Hopper: one row group on the shared-memory ring at three stages, whose
-        // 92-95 registers fit the grid in one wave (H200 qkv_global M = 1, same-run tune at v19: 9.6 vs 10.5 µs);
-        // elsewhere two row groups per warp halve the grid back into one wave. M = 9..16 (already two row groups:
-        // 272 CTAs for 264 slots): one row group per warp, 8 warps (H200 qkv_global M = 16, same-run tune at v19:
-        // 15.2 µs; 16.2 for 4 warps; the shared-memory ring with two row groups and two stages, 14.9 µs at v18, took
-        // 17.6 once the cheaper conversion brought it from 146 to 128 registers and four CTAs per SM).
+        // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave. M = 9..16
+        // (already two row groups: 272 CTAs for 264 slots): one row group per warp, 8 warps (qkv_global M = 16,
+        // same-run tunes at v19: H200 15.2 µs, H100 16.1; 16.2 / 16.9 for 4 warps and split-K 2; the shared-memory
+        // ring with two row groups and two stages, 14.9 µs on the H200 at v18, took 17.6 / 17.5 once the cheaper
+        // conversion brought it from 146 to 128 registers, i.e. four CTAs per SM instead of three).
         const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
         const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
         if (c.tile == 1 && overWave) {
-            if (smemRingForBatch()) return withSmemRing(c, 3);  // one row group, no split (a wave of CTAs)
             c.rowGroups = 2;
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
@@ -1205,11 +1203,16 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         if (c.tile == 2 && c.rowGroups == 2 && smemRingForBatch()) return withSmemRing(c, 3);
         // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
         // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
-        // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6), else two (qkv_global, 544 CTAs: 10.8 µs; gate_up,
-        // many waves: 31.0 vs 31.9).
+        // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6). Where it does not (qkv_global, 544 CTAs; gate_up, many
+        // waves): on Hopper the shared-memory ring at three stages, whose 92-95 registers keep the occupancy of two
+        // register stages (same-run tunes at v19, qkv_global: H200 9.6 vs 10.5 µs, H100 11.8 vs 12.8; gate_up: H200
+        // 30.4 both), elsewhere two register stages (gate_up 31.0 vs 31.9 for three).
         if (c.tile == 1 && c.rowGroups == 1) {
             const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
-            if (slots3 > 0 && static_cast<long long>(ctas) * c.splits <= slots3) c.depth = 3;
+            if (slots3 > 0 && static_cast<long long>(ctas) * c.splits <= slots3)
+                c.depth = 3;
+            else if (smemRingForBatch())
+                return withSmemRing(c, 3);
         }
         return c;
     }
