@@ -1203,15 +1203,17 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         if (c.tile == 2 && c.rowGroups == 2 && smemRingForBatch()) return withSmemRing(c, 3);
         // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
         // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
-        // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6). Where it does not (qkv_global, 544 CTAs; gate_up, many
-        // waves): on Hopper the shared-memory ring at three stages, whose 92-95 registers keep the occupancy of two
-        // register stages (same-run tunes at v19, qkv_global: H200 9.6 vs 10.5 µs, H100 11.8 vs 12.8; gate_up: H200
-        // 30.4 both), elsewhere two register stages (gate_up 31.0 vs 31.9 for three).
+        // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6). Where it misses by less than a quarter wave
+        // (qkv_global, 544 CTAs for 528 slots), on Hopper the shared-memory ring at three stages, whose 92-95
+        // registers keep the grid in one wave (same-run tunes at v19, M = 1: H200 9.6 vs 10.5 µs, H100 11.8 vs 12.8;
+        // M = 8, H100: 12.1 vs 12.7); else two register stages (gate_up, many waves: 31.0 vs 31.9 for three; the
+        // shared-memory ring there, H100 M = 1 / 8: 40.4 / 41.5 vs 40.1 / 40.4; drafter 16384 x 1024: 7.4 vs 7.0).
         if (c.tile == 1 && c.rowGroups == 1) {
+            const long long grid = static_cast<long long>(ctas) * c.splits;
             const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
-            if (slots3 > 0 && static_cast<long long>(ctas) * c.splits <= slots3)
+            if (slots3 > 0 && grid <= slots3)
                 c.depth = 3;
-            else if (smemRingForBatch())
+            else if (slots3 > 0 && 4 * grid <= 5ll * slots3 && smemRingForBatch())
                 return withSmemRing(c, 3);
         }
         return c;
