@@ -171,7 +171,10 @@ float graphUs(const std::vector<std::function<void(cudaStream_t)>>& calls, int r
 //   2 no BF16x2 multiply by 2^120 per weight pair (2^120 folded elsewhere); the activation fragments take one
 //     instead, at their use
 //   8 loads through loop-carried pointers bumped per k-block (no address recomputation in the main loop)
-//   4 FP8 -> BF16 through PRMT with sign replication: ((prmt(q) << 4) & 0x87F087F0), 3 ops per pair
+// 128 loads at the kernel's base pointers plus 32-bit offsets computed once (row * K + 16 t, ...)
+//   4 FP8 -> BF16 as ((__byte_perm(q, 0, sel) << 4) & 0x87F087F0), 3 ops per pair; __byte_perm drops the
+//     selector's sign-replication bit, so the signs are wrong (timing only)
+// 512 the same through the library's fp8PairToBf16x2 (prmt.b32 with sign replication: exact)
 //  16 no conversion at all (the FP8 words fed to the mma as they are; timing only)
 //  32 cvt.rn.f16x2.e4m3x2 per weight pair and an F16 mma (activations taken as F16 bits; timing only)
 //  64 no activation loads in the main loop (fragments from the first k-block reused; timing only)
@@ -182,8 +185,11 @@ __device__ __forceinline__ void ldgS(uint32_t (&r)[4], const void* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "l"(p));
 }
+// Activations: a coherent load, as the library's ldgCached128 (with ld.global.nc ptxas moved some of these above
+// griddepcontrol.wait; the runs before this change, probe runs 33-36 of bench/NOTES_gemm.md v19, had that in some
+// variants, so their e* times are comparable with each other only where both did).
 __device__ __forceinline__ void ldgC(uint32_t (&r)[4], const void* p) {
-    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
 }
 template <bool F16>
 __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
@@ -220,7 +226,12 @@ __device__ __forceinline__ void conv(uint32_t q, uint32_t& even, uint32_t& odd) 
         odd = cvtF16x2(static_cast<uint16_t>(q >> 16));
         return;
     } else {
-        if constexpr ((EXP & 4) != 0) {
+        if constexpr ((EXP & 512) != 0) {  // the library's form (prmt.b32 in its sign-replicating mode)
+            even = trt_gemma4::detail::fp8PairToBf16x2(q, 0u, trt_gemma4::detail::fp8PairSel(0, 2));
+            odd = trt_gemma4::detail::fp8PairToBf16x2(q, 0u, trt_gemma4::detail::fp8PairSel(1, 3));
+        } else if constexpr ((EXP & 4) != 0) {
+            // __byte_perm keeps only the low 3 bits of each selector nibble: no sign replication, so the sign is
+            // wrong; same instructions as the exact form (timing only)
             even = (__byte_perm(q, 0u, 0xA280) << 4) & 0x87F087F0u;
             odd = (__byte_perm(q, 0u, 0xB391) << 4) & 0x87F087F0u;
         } else {
@@ -237,7 +248,7 @@ __device__ __forceinline__ void conv(uint32_t q, uint32_t& even, uint32_t& odd) 
 }  // namespace xp
 
 template <int RG, int DEPTH, int EXP>
-__global__ void __launch_bounds__(256, (EXP & 8) != 0 && RG == 1 ? 2 : 1) expStream(const __nv_bfloat16* __restrict__ X, const uint8_t* __restrict__ W,
+__global__ void __launch_bounds__(256, (EXP & 136) != 0 && RG == 1 ? 2 : 1) expStream(const __nv_bfloat16* __restrict__ X, const uint8_t* __restrict__ W,
                                                  const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M,
                                                  int N, int K) {
     extern __shared__ __align__(16) float red[];
@@ -275,8 +286,31 @@ __global__ void __launch_bounds__(256, (EXP & 8) != 0 && RG == 1 ? 2 : 1) expStr
         cs[r] = sRow[r] + warp;
     }
     const __nv_bfloat16* cx = xRow + warp * 128;
+    // EXP & 128: 32-bit element offsets from the kernel's base pointers, computed once (row * K + 16 t etc.).
+    uint32_t oW[RG], oW8[RG], oS[RG];
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+        oW[r] = static_cast<uint32_t>(n0 + 16 * r + g) * static_cast<uint32_t>(K) + 16u * t;
+        oW8[r] = oW[r] + 8u * static_cast<uint32_t>(K);
+        oS[r] = static_cast<uint32_t>((n0 + 16 * r) / 128) * static_cast<uint32_t>(kBlocks);
+    }
+    const uint32_t oX = static_cast<uint32_t>(min(g, M - 1)) * static_cast<uint32_t>(K) + 16u * t;
     auto loadW = [&](Frag& f, int kb) {
         const uint32_t k = static_cast<uint32_t>(kb) * 128;
+        if constexpr ((EXP & 128) != 0) {
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+                const uint8_t* p = W + (oW[r] + k);
+                const uint8_t* p8 = W + (oW8[r] + k);
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    xp::ldgS(f.w[r][0][c], p + 64 * c);
+                    xp::ldgS(f.w[r][1][c], p8 + 64 * c);
+                }
+                f.s[r] = __ldg(S + (oS[r] + static_cast<uint32_t>(kb)));
+            }
+            return;
+        }
         if constexpr ((EXP & 8) != 0) {
 #pragma unroll
             for (int r = 0; r < RG; ++r) {
@@ -310,7 +344,14 @@ __global__ void __launch_bounds__(256, (EXP & 8) != 0 && RG == 1 ? 2 : 1) expStr
     };
     auto loadX = [&](Frag& f, int kb) {
         const uint32_t k = static_cast<uint32_t>(kb) * 128;
-        if constexpr ((EXP & 8) != 0) {
+        if constexpr ((EXP & 128) != 0) {
+            const __nv_bfloat16* p = X + (oX + k);
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                xp::ldgC(f.x[c][0], p + 64 * c);
+                xp::ldgC(f.x[c][1], p + 64 * c + 8);
+            }
+        } else if constexpr ((EXP & 8) != 0) {
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 xp::ldgC(f.x[c][0], cx + 64 * c);
@@ -580,6 +621,9 @@ int main() {
     TRT_GEMMA4_EXP(12);
     TRT_GEMMA4_EXP(14);
     TRT_GEMMA4_EXP(24);
+    TRT_GEMMA4_EXP(132);
+    TRT_GEMMA4_EXP(134);
+    TRT_GEMMA4_EXP(512);
 #undef TRT_GEMMA4_EXP
 #endif
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).

@@ -89,9 +89,14 @@ __device__ __forceinline__ void ldgStream128(uint32_t (&r)[4], const void* p) {
                  : "l"(p));
 }
 
-// 16-byte cached load of activations (re-read by every warp that works on the same k range).
+// 16-byte load of activations (L1-cached: re-read by every warp that works on the same k range). A plain coherent
+// ld.global, NOT the read-only .nc path: the activations are written by the previous kernel, which may still be
+// running when this one starts (programmatic dependent launch), and ptxas treats .nc loads as constants that it may
+// schedule above griddepcontrol.wait. With ld.global.nc it did, in 9 of the 50 streaming-kernel instantiations
+// (SASS: activation LDG.E.128.CONSTANT before ACQBULK), i.e. those could read activations before their producer
+// finished; plain loads stay after the wait (tests/test_kernels_compile.py checks the SASS of every kernel).
 __device__ __forceinline__ void ldgCached128(uint32_t (&r)[4], const void* p) {
-    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
 }
 
 __device__ __forceinline__ void lds128Addr(uint32_t (&r)[4], uint32_t a) {
@@ -181,7 +186,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
                                                     int M, int N, int K) {
     extern __shared__ __align__(16) float dynSmem[];
-    const int kBlocks = (K + kBlock - 1) / kBlock;
+    const int kBlocks = FULL ? K / kBlock : (K + kBlock - 1) / kBlock;
     const int warps = blockDim.x >> 5;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
@@ -207,7 +212,12 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     }
     const __nv_bfloat16* xRow[NT];
     bool tokOk[NT];
-    tokenRows<NT>(X, M, K, m0, g, t, FULL ? M - 1 : 0, xRow, tokOk);
+    if constexpr (FULL) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) xRow[nt] = X + static_cast<size_t>(min(m0 + 8 * nt + g, M - 1)) * K + 16 * t;
+    } else {
+        tokenRows<NT>(X, M, K, m0, g, t, 0, xRow, tokOk);
+    }
 
     // Weights and scales of k-block kb (constants: may be read before the previous kernel finished).
     auto loadW = [&](StreamFrag<NT, RG>& f, int kb) {
@@ -409,7 +419,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         const int i = e % 4;
         const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
         const int tok = m0 + 8 * nt + 2 * (ln & 3) + (i & 1);
-        if (row < N && tok < M) {
+        if ((FULL || row < N) && tok < M) {
             if (gridDim.z == 1) {
                 Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
             } else {
