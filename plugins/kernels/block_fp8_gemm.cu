@@ -1185,10 +1185,9 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.depth = 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
         // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave. M = 9..16
-        // (already two row groups: 272 CTAs for 264 slots): one row group per warp, 8 warps (qkv_global M = 16,
-        // same-run tunes at v19: H200 15.2 µs, H100 16.1; 16.2 / 16.9 for 4 warps and split-K 2; the shared-memory
-        // ring with two row groups and two stages, 14.9 µs on the H200 at v18, took 17.6 / 17.5 once the cheaper
-        // conversion brought it from 146 to 128 registers, i.e. four CTAs per SM instead of three).
+        // (already two row groups: 272 CTAs for 264 slots): on Hopper the shared-memory ring at two stages keeps two
+        // row groups in one wave (H200 qkv_global M = 16, same-run tune at v19: 14.3 µs; 15.1 for the rule below);
+        // elsewhere one row group per warp, 8 warps (15.8 µs vs 17.1 for 4 warps and split-K 2).
         const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
         const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
         if (c.tile == 1 && overWave) {
@@ -1196,6 +1195,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
         } else if (c.tile == 2 && overWave && kBlocks >= 4) {
+            if (smemRingForBatch()) return withSmemRing(c, 2);  // tile 2, two row groups, 4 warps, no split
             c.rowGroups = 1;
             c.warps = 8;
             return c;
