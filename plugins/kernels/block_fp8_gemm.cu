@@ -1202,12 +1202,14 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
         // M = 9..16 where two row groups per warp leave each warp fewer than 4 k-blocks (the drafter's short K or
-        // few rows): one row group and three stages (H200 M = 16, same run: 4096 x 1024 2.7 vs 3.3 µs, 1024 x 8192
-        // 6.0 vs 6.7).
+        // few rows): one row group, 8 warps; three stages where each warp then still has several k-blocks (H200 M =
+        // 16, same-run tune at v19: 1024 x 8192 6.3 µs), two where it has one (4096 x 1024: 3.1 vs 3.4 for 4 warps and
+        // three stages, the rule before, whose 2.7 µs at v17 came from a build that scheduled that instantiation's
+        // activation loads above griddepcontrol.wait, see ldgCached128).
         if (c.tile == 2 && c.rowGroups == 2 && kBlocks < 4 * c.warps * c.splits) {
             c.rowGroups = 1;
-            c.depth = 3;
-            c.warps = kBlocks <= 8 ? 4 : 8;
+            c.warps = 8;
+            c.depth = kBlocks <= 8 ? 2 : 3;
             c.splits = chooseSplits(ceilDiv(N, 16) * ceilDiv(M, 16), (9 * sms) / 10, 8, kBlocks, c.warps);
         }
         if (c.tile == 2 && c.rowGroups == 2 && smemRingForBatch()) return withSmemRing(c, 3);
@@ -1219,6 +1221,13 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         // M = 8, H100: 12.1 vs 12.7); else two register stages (gate_up, many waves: 31.0 vs 31.9 for three; the
         // shared-memory ring there, H100 M = 1 / 8: 40.4 / 41.5 vs 40.1 / 40.4; drafter 16384 x 1024: 7.4 vs 7.0).
         if (c.tile == 1 && c.rowGroups == 1) {
+            // Fewer than two k-blocks per warp at 8 warps (the drafter's 4096 x 1024): 4 warps, four stages (M = 1,
+            // same-run tunes at v19: H200 2.2 vs 2.5 µs, H100 2.3 vs 2.7).
+            if (c.warps == 8 && c.splits == 1 && kBlocks < 2 * c.warps) {
+                c.warps = 4;
+                c.depth = 4;
+                return c;
+            }
             const long long grid = static_cast<long long>(ctas) * c.splits;
             const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
             if (slots3 > 0 && grid <= slots3)
