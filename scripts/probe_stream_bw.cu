@@ -626,6 +626,15 @@ int main() {
     TRT_GEMMA4_EXP(512);
 #undef TRT_GEMMA4_EXP
 #endif
+    // M = 1 with down (K = 15360) alone on two row groups and three stages.
+    variants.push_back({"x_drg2_m1", [&](const Mat& m, cudaStream_t s) {
+                            trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(1, m.n, m.k);
+                            if (c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream && m.k == 15360) {
+                                c.rowGroups = 2;
+                                c.depth = 3;
+                            }
+                            gemmWith(m, 1, c, s);
+                        }});
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
     variants.push_back({"x_k1_m16", [&](const Mat& m, cudaStream_t s) {
                             trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
