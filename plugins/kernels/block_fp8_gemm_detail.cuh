@@ -50,6 +50,25 @@ __device__ __forceinline__ void fp8x4ToBf16Frag(uint32_t q, uint32_t& even, uint
     odd = bf16x2Mul(fp8PairToBf16x2(q, 0u, fp8PairSel(1, 3)), kBf16x2Pow120);
 }
 
+// ---- 16-byte global loads of the streaming kernels (sm_80+ PTX) ----------------------------------------------
+// 16-byte streaming load of weights: read once, so do not allocate in L1 (keeps L1 for the activations); ask L2
+// to fetch the whole 256-byte segment (the neighbouring warps of the CTA read the rest of it next).
+__device__ __forceinline__ void ldgStream128(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "l"(p));
+}
+
+// 16-byte load of activations (L1-cached: re-read by every warp that works on the same k range). A plain coherent
+// ld.global, NOT the read-only .nc path: the activations are written by the previous kernel, which may still be
+// running when this one starts (programmatic dependent launch), and ptxas treats .nc loads as constants that it may
+// schedule above griddepcontrol.wait. With ld.global.nc it did, in 9 of the 50 streaming-kernel instantiations
+// (SASS: activation LDG.E.128.CONSTANT before ACQBULK), i.e. those could read activations before their producer
+// finished; plain loads stay after the wait (tests/test_kernels_compile.py checks the SASS of every kernel).
+__device__ __forceinline__ void ldgCached128(uint32_t (&r)[4], const void* p) {
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "l"(p));
+}
+
 // ---- mbarrier and bulk-copy wrappers (sm_90+ PTX; empty bodies in builds for older targets, never called there) ----
 __device__ __forceinline__ uint32_t smemAddr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
