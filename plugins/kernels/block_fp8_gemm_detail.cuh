@@ -22,8 +22,8 @@ namespace detail {
 // Folding 2^120 into the FP32 scale instead would push products of small weights and activations into the FP32
 // subnormal range inside the tensor core; folding it into the activations (x * 2^k at their use) measured within
 // noise of the multiply (bench/NOTES_gemm.md v19), so we pay the multiply.
-// Measured against the previous form (7 integer ops per 4 values: shifts and masks of q and q << 8) in
-// scripts/probe_stream_bw.cu: the M = 1 stack 1.6-6% faster on an H200, bit-identical results.
+// Against the previous form (7 integer ops per 4 values: shifts and masks of q and q << 8), same H200, same call,
+// scripts/bench_gemm.py: the 12B linear stack 3014 -> 2961-2967 µs at M = 1, 3989 -> 3866-3886 at M = 16; same bits.
 constexpr uint32_t kBf16x2Pow120 = 0x7B807B80u;  // BF16 2^120 = exponent 127+120 = 0xF7, in both halves
 constexpr uint32_t kBf16x2NegZero = 0x80008000u;
 
