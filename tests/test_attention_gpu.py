@@ -242,3 +242,16 @@ def test_draft_attention_global_window(dtype: str, decode_impl: str) -> None:
     inv = attn.proportional_inv_freq(d, 1e6, d // 8)
     err = run_draft(cpu, gpu, 47, offsets, kv_lens, hq, d, inv, gen, 300)
     assert err < OUT_TOL, f"relative error {err:.2e}"
+
+
+def test_attention_op_raises_on_a_bad_pool() -> None:
+    """The op's own checks raise with the shapes in the message (plugins/torch/check.h), not take the process down."""
+    q = torch.zeros(1, 8, 256, device="cuda", dtype=torch.bfloat16)
+    offsets = torch.zeros(1, 2, 1, device="cuda", dtype=torch.int32)
+    cu_q_lens = torch.tensor([0, 1], device="cuda", dtype=torch.int32)
+    kv_lens = torch.tensor([1], device="cuda", dtype=torch.int32)
+    pool = torch.zeros(2, 1, 2, 1, 16, device="cuda", dtype=torch.bfloat16)  # 5-D: no head_size dimension
+    with pytest.raises(RuntimeError, match=r"pool must be .* got \[2, 1, 2, 1, 16\]"):
+        torch.ops.trt_gemma4.gemma4_paged_attention(
+            torch.empty_like(q), q, pool, offsets, 0, 0, cu_q_lens, kv_lens, None, None, 1, 0, 1.0, 1.0, 1.0, 1, 1, 1
+        )
