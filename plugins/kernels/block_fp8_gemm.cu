@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
                                                     int M, int N, int K) {
     extern __shared__ __align__(16) float dynSmem[];
-    const int kBlocks = FULL ? K / kBlock : (K + kBlock - 1) / kBlock;
+    const int kBlocks = (K + kBlock - 1) / kBlock;
     const int warps = blockDim.x >> 5;
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
@@ -194,12 +194,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     }
     const __nv_bfloat16* xRow[NT];
     bool tokOk[NT];
-    if constexpr (FULL) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) xRow[nt] = X + static_cast<size_t>(min(m0 + 8 * nt + g, M - 1)) * K + 16 * t;
-    } else {
-        tokenRows<NT>(X, M, K, m0, g, t, 0, xRow, tokOk);
-    }
+    tokenRows<NT>(X, M, K, m0, g, t, FULL ? M - 1 : 0, xRow, tokOk);
 
     // Weights and scales of k-block kb (constants: may be read before the previous kernel finished).
     auto loadW = [&](StreamFrag<NT, RG>& f, int kb) {
@@ -401,7 +396,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         const int i = e % 4;
         const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
         const int tok = m0 + 8 * nt + 2 * (ln & 3) + (i & 1);
-        if ((FULL || row < N) && tok < M) {
+        if (row < N && tok < M) {
             if (gridDim.z == 1) {
                 Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
             } else {
@@ -890,7 +885,8 @@ __global__ void dequantKernel(const uint8_t* __restrict__ W, const float* __rest
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
         // lo/hi give (b0, b2) and (b1, b3) scaled by 2^-120; BF16 -> FP32 is a 16-bit shift.
-        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2)), hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
+        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2));
+        const uint32_t hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
         const float v0 = __uint_as_float(lo << 16) * 0x1p120f * s;
         const float v2 = __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s;
         const float v1 = __uint_as_float(hi << 16) * 0x1p120f * s;
@@ -923,7 +919,8 @@ __global__ void dequantSplitKernel(const uint8_t* __restrict__ W, const float* _
     uint32_t hiOut[8], loOut[8];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2)), hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
+        const uint32_t lo = fp8PairToBf16x2(q[w], 0u, fp8PairSel(0, 2));
+        const uint32_t hi = fp8PairToBf16x2(q[w], 0u, fp8PairSel(1, 3));
         const float v[4] = {__uint_as_float(lo << 16) * 0x1p120f * s, __uint_as_float(hi << 16) * 0x1p120f * s,
                             __uint_as_float(lo & 0xFFFF0000u) * 0x1p120f * s,
                             __uint_as_float(hi & 0xFFFF0000u) * 0x1p120f * s};  // k+0, k+1, k+2, k+3

@@ -62,16 +62,16 @@ int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemm
 at::Tensor checkWeight(const at::Tensor& w, const at::Tensor& s) {
     TG4_CHECK(w.is_cuda() && s.is_cuda(), "block_fp8_gemm: w and s must be CUDA tensors");
     TG4_CHECK(w.scalar_type() == at::kFloat8_e4m3fn, "block_fp8_gemm: w must be float8_e4m3fn, got ",
-                w.scalar_type());
+              w.scalar_type());
     TG4_CHECK(w.dim() == 2, "block_fp8_gemm: w must be [N, K], got ", w.sizes());
     TG4_CHECK(w.is_contiguous(), "block_fp8_gemm: w must be contiguous");
     const int64_t N = w.size(0), K = w.size(1);
     TG4_CHECK(N % 16 == 0 && K % 16 == 0 && N > 0 && K > 0, "block_fp8_gemm: N and K must be positive multiples of 16, got N=",
-                N, " K=", K);
+              N, " K=", K);
     TG4_CHECK(s.scalar_type() == at::kFloat, "block_fp8_gemm: s must be float32, got ", s.scalar_type());
     const int64_t nb = ceilDiv(N, 128), kb = ceilDiv(K, 128);
     TG4_CHECK(s.numel() == nb * kb, "block_fp8_gemm: s must hold ceil(N/128)*ceil(K/128) = ", nb, "*", kb,
-                " scales, got shape ", s.sizes());
+              " scales, got shape ", s.sizes());
     TG4_CHECK(s.device() == w.device(), "block_fp8_gemm: w and s on different devices");
     return s.reshape({nb, kb}).contiguous();
 }
@@ -93,8 +93,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
     at::Tensor y;
     if (yOut != nullptr) {
         TG4_CHECK(yOut->scalar_type() == at::kBFloat16 && yOut->is_contiguous() && yOut->numel() == M * N &&
-                        yOut->device() == x.device(),
-                    "block_fp8_gemm: out must be a contiguous bf16 tensor of ", M * N, " elements on x's device");
+                      yOut->device() == x.device(),
+                  "block_fp8_gemm: out must be a contiguous bf16 tensor of ", M * N, " elements on x's device");
         y = yOut->view({M, N});
     } else {
         y = at::empty({M, N}, x.options());
@@ -121,7 +121,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         s2.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), m, n, k, c, ws.data_ptr(), wsBytes,
         stream, useSemaphores ? semaphoresFor(x.device(), stream, c) : nullptr);
     TG4_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
-                static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, "): ", cudaGetErrorString(err));
+              static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, "): ", cudaGetErrorString(err));
     return y.view(outShape);
 }
 
