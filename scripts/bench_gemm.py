@@ -382,19 +382,20 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
             if m <= 64:
                 nt = 1 if m <= 8 else (2 if m <= 16 else 4)
                 depths = {1: (2, 3, 4), 2: (2, 3), 4: (2,)}[nt]
+                warps = args.tune_warps
                 for d in depths:
-                    for wp in (4, 8):
+                    for wp in warps:
                         for sp in (1, 2, 4):
                             cands.append((1, nt, 1, wp, sp, d))
                 if nt < 4:
-                    cands += [(1, nt, 2, wp, 1, d) for wp in (4, 8) for d in ((2, 3) if nt == 1 else (2,))]
+                    cands += [(1, nt, 2, wp, 1, d) for wp in warps for d in ((2, 3) if nt == 1 else (2,))]
                 # The same kernel with its weight ring in shared memory (kernel 5).
                 for d in {1: (3, 4, 5), 2: (3, 4), 4: (2, 3)}[nt]:
-                    for wp in (4, 8):
+                    for wp in warps:
                         for sp in (1, 2, 4):
                             cands.append((5, nt, 1, wp, sp, d))
                 if nt < 4:
-                    cands += [(5, nt, 2, wp, sp, d) for wp in (4, 8) for sp in (1, 2) for d in (2, 3)]
+                    cands += [(5, nt, 2, wp, sp, d) for wp in warps for sp in (1, 2) for d in (2, 3)]
             if m <= 16 and torch.cuda.get_device_capability()[0] >= 9:
                 # The bulk-copy streaming kernel: consumer warps, split-K, ring stages.
                 for wp in (2, 4, 8):
@@ -458,6 +459,9 @@ def main() -> None:
     p.add_argument("--tune-wgmma", action="store_true", help="--tune includes the sm_90a wgmma kernel")
     p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
     p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-5)")
+    p.add_argument(
+        "--tune-warps", type=int, nargs="*", default=[4, 8], help="--tune: warps per CTA of the streaming kernels (1-8)"
+    )
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")
     p.add_argument("--no-bf16-stack", action="store_true", help="skip cuBLAS in the whole-stack timing")

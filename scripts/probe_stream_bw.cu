@@ -293,6 +293,32 @@ int main() {
                                 gemmWith(m, e.m, c, s);
                             }});
     }
+    // Warp-count edits of the streaming kernel for the K = 3840 classes (mask as above: 1 qkv, 2 qkv_global, 16
+    // gate_up): 30 k-blocks split over 4 warps leave two warps a k-block more than the other two; 3, 5 or 6 warps
+    // split them evenly. kernel/depth/warps/rowGroups 0 = keep the default's.
+    struct WarpEdit {
+        const char* name;
+        int m, mask, kernel, warps, depth, rowGroups;
+    };
+    for (const WarpEdit e : {WarpEdit{"w_q3d4_m1", 1, 1, 1, 3, 4, 0}, WarpEdit{"w_q3d3_m1", 1, 1, 1, 3, 3, 0},
+                             WarpEdit{"w_q6s5_m1", 1, 1, 5, 6, 3, 0}, WarpEdit{"w_qg3s4_m1", 1, 2, 5, 3, 4, 0},
+                             WarpEdit{"w_qg3s5_m1", 1, 2, 5, 3, 5, 0}, WarpEdit{"w_gu3d3_m1", 1, 16, 1, 3, 3, 0},
+                             WarpEdit{"w_gu5d2_m1", 1, 16, 1, 5, 2, 0}, WarpEdit{"w_gu6d2_m1", 1, 16, 1, 6, 2, 0},
+                             WarpEdit{"w_gu3d2_m1", 1, 16, 1, 3, 2, 0}, WarpEdit{"w_q3_m16", 16, 1 | 2, 0, 3, 0, 0},
+                             WarpEdit{"w_q6_m16", 16, 1 | 2, 0, 6, 0, 0}, WarpEdit{"w_q5_m16", 16, 1 | 2, 0, 5, 0, 0}}) {
+        variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
+                                trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(e.m, m.n, m.k);
+                                const bool stream = c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream ||
+                                                    c.kernel == trt_gemma4::BlockFp8GemmKernel::kStreamSmem;
+                                if (stream && (e.mask & matClass(m)) != 0) {
+                                    if (e.kernel != 0) c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(e.kernel);
+                                    if (e.warps != 0) c.warps = e.warps;
+                                    if (e.depth != 0) c.depth = e.depth;
+                                    if (e.rowGroups != 0) c.rowGroups = e.rowGroups;
+                                }
+                                gemmWith(m, e.m, c, s);
+                            }});
+    }
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
     variants.push_back({"x_k1_m16", [&](const Mat& m, cudaStream_t s) {
                             trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
