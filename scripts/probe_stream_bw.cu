@@ -319,6 +319,30 @@ int main() {
                                 gemmWith(m, e.m, c, s);
                             }});
     }
+    // M = 16 with whole streaming-kernel configurations for the classes in `mask` (any default kernel replaced):
+    // kernel, tile (token tiles of 8), row groups, warps, depth; no split-K.
+    struct SetEdit {
+        const char* name;
+        int mask, kernel, tile, rowGroups, warps, depth;
+    };
+    for (const SetEdit e : {SetEdit{"s16_all_r1w2d2", 63, 1, 2, 1, 2, 2}, SetEdit{"s16_all_r2w2d2", 63, 1, 2, 2, 2, 2},
+                            SetEdit{"s16_all_k5r2w2d3", 63, 5, 2, 2, 2, 3}, SetEdit{"s16_all_k5r2w3d3", 63, 5, 2, 2, 3, 3},
+                            SetEdit{"s16_gu_r1w2d2", 16, 1, 2, 1, 2, 2}, SetEdit{"s16_gu_k5r2w3d2", 16, 5, 2, 2, 3, 2},
+                            SetEdit{"s16_gu_r1w3d2", 16, 1, 2, 1, 3, 2}, SetEdit{"s16_qg_r1w3d2", 2, 1, 2, 1, 3, 2},
+                            SetEdit{"s16_q_r1w2d2", 1, 1, 2, 1, 2, 2}, SetEdit{"s16_q_r2w4d2", 1, 1, 2, 2, 4, 2}}) {
+        variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
+                                trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
+                                if ((e.mask & matClass(m)) != 0) {
+                                    c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(e.kernel);
+                                    c.tile = e.tile;
+                                    c.rowGroups = e.rowGroups;
+                                    c.warps = e.warps;
+                                    c.splits = 1;
+                                    c.depth = e.depth;
+                                }
+                                gemmWith(m, 16, c, s);
+                            }});
+    }
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).
     variants.push_back({"x_k1_m16", [&](const Mat& m, cudaStream_t s) {
                             trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
