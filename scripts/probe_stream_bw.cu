@@ -305,7 +305,12 @@ int main() {
                              WarpEdit{"w_qg3s5_m1", 1, 2, 5, 3, 5, 0}, WarpEdit{"w_gu3d3_m1", 1, 16, 1, 3, 3, 0},
                              WarpEdit{"w_gu5d2_m1", 1, 16, 1, 5, 2, 0}, WarpEdit{"w_gu6d2_m1", 1, 16, 1, 6, 2, 0},
                              WarpEdit{"w_gu3d2_m1", 1, 16, 1, 3, 2, 0}, WarpEdit{"w_q3_m16", 16, 1 | 2, 0, 3, 0, 0},
-                             WarpEdit{"w_q6_m16", 16, 1 | 2, 0, 6, 0, 0}, WarpEdit{"w_q5_m16", 16, 1 | 2, 0, 5, 0, 0}}) {
+                             WarpEdit{"w_q6_m16", 16, 1 | 2, 0, 6, 0, 0}, WarpEdit{"w_q5_m16", 16, 1 | 2, 0, 5, 0, 0},
+                             // one or two warps per CTA, each warp all of its rows' k-blocks (every class: mask 63)
+                             WarpEdit{"w1_all_d3_m1", 1, 63, 1, 1, 3, 0}, WarpEdit{"w1_all_d4_m1", 1, 63, 1, 1, 4, 0},
+                             WarpEdit{"w2_all_d3_m1", 1, 63, 1, 2, 3, 0}, WarpEdit{"w1_all_r2d3_m1", 1, 63, 1, 1, 3, 2},
+                             WarpEdit{"w1_gu_d2_m1", 1, 16, 1, 1, 2, 0}, WarpEdit{"w1_gu_d3_m1", 1, 16, 1, 1, 3, 0},
+                             WarpEdit{"w1_gu_r2d2_m1", 1, 16, 1, 1, 2, 2}, WarpEdit{"w2_gu_d2_m1", 1, 16, 1, 2, 2, 0}}) {
         variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(e.m, m.n, m.k);
                                 const bool stream = c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream ||
@@ -329,7 +334,9 @@ int main() {
                             SetEdit{"s16_all_k5r2w2d3", 63, 5, 2, 2, 2, 3}, SetEdit{"s16_all_k5r2w3d3", 63, 5, 2, 2, 3, 3},
                             SetEdit{"s16_gu_r1w2d2", 16, 1, 2, 1, 2, 2}, SetEdit{"s16_gu_k5r2w3d2", 16, 5, 2, 2, 3, 2},
                             SetEdit{"s16_gu_r1w3d2", 16, 1, 2, 1, 3, 2}, SetEdit{"s16_qg_r1w3d2", 2, 1, 2, 1, 3, 2},
-                            SetEdit{"s16_q_r1w2d2", 1, 1, 2, 1, 2, 2}, SetEdit{"s16_q_r2w4d2", 1, 1, 2, 2, 4, 2}}) {
+                            SetEdit{"s16_q_r1w2d2", 1, 1, 2, 1, 2, 2}, SetEdit{"s16_q_r2w4d2", 1, 1, 2, 2, 4, 2},
+                            SetEdit{"s16_gu_r2w1d2", 16, 1, 2, 2, 1, 2}, SetEdit{"s16_gu_k5r2w1d3", 16, 5, 2, 2, 1, 3},
+                            SetEdit{"s16_gu_r2w2d2", 16, 1, 2, 2, 2, 2}, SetEdit{"s16_gu_k5r2w2d2", 16, 5, 2, 2, 2, 2}}) {
         variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
                                 if ((e.mask & matClass(m)) != 0) {
