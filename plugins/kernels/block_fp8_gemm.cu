@@ -1146,11 +1146,24 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     const int kBlocks = ceilDiv(K, kBlock);
     const long long weightBytes = static_cast<long long>(N) * K;
     BlockFp8GemmConfig c;
-    // M = 9..16 on sm_90a with at least ~one wave of 128-row tiles (gate_up, the drafter's 16384 x 1024): the wgmma
-    // kernel's 16-token tile streams the weights through TMA faster than the register kernel (H200, M = 16: gate_up
-    // 39.8 vs 45.6 µs, 16384 x 1024 8.4 vs 9.4; qkv, 64 row tiles: 15.1 vs 12.5, so not there).
-    if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && wgmmaAvailable()) {
-        return wgmmaConfig(M, N, K, sms);
+    // M = 9..16 with at least ~one wave of 128-row tiles (gate_up, the drafter's 16384 x 1024), on Hopper: ONE warp
+    // per CTA, each streaming every k-block of its rows, so that the many CTAs fill the SMs without splitting K
+    // (H200, same-run tunes at v20, bench/NOTES_gemm.md): long K (gate_up) on the shared-memory ring with two row
+    // groups and three stages, M = 16: 33.8 µs against 37.2 for the wgmma kernel's 16-token tile that was dispatched
+    // here before (and the 12B stack at M = 16 3603 vs 3792 µs, probe run 46); short K (16384 x 1024) on the register
+    // ring with one row group and three stages, M = 9 / 12: 6.8 / 6.9 vs 8.1 µs.
+    if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && smemRingForBatch()) {
+        c.kernel = BlockFp8GemmKernel::kStream;
+        c.tile = 2;
+        c.rowGroups = 1;
+        c.warps = 1;
+        c.splits = 1;
+        c.depth = 3;
+        if (kBlocks > 8) {
+            c.rowGroups = 2;
+            return withSmemRing(c, 3);
+        }
+        return c;
     }
     // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
     if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20))) {
@@ -1209,6 +1222,17 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             }
             const long long grid = static_cast<long long>(ctas) * c.splits;
             const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
+            // Short K (at most 8 k-blocks) whose grid misses one wave at 4 warps and three stages (the drafter's
+            // 16384 x 1024: 1024 CTAs): 2 warps of 4 k-blocks each, three stages, where that fits one wave (H200,
+            // M = 1, same-run tune at v20: 5.7 vs 6.3 µs for 4 warps and two stages).
+            if (c.warps == 4 && c.splits == 1 && kBlocks <= 8 && slots3 > 0 && grid > slots3) {
+                const int slots3w2 = streamResidentCtasPerSm(1, 1, 3, 2) * sms;
+                if (slots3w2 > 0 && grid <= slots3w2) {
+                    c.warps = 2;
+                    c.depth = 3;
+                    return c;
+                }
+            }
             if (slots3 > 0 && grid <= slots3)
                 c.depth = 3;
             else if (slots3 > 0 && 4 * grid <= 5ll * slots3 && smemRingForBatch())
