@@ -336,7 +336,11 @@ int main() {
                             SetEdit{"s16_gu_r1w3d2", 16, 1, 2, 1, 3, 2}, SetEdit{"s16_qg_r1w3d2", 2, 1, 2, 1, 3, 2},
                             SetEdit{"s16_q_r1w2d2", 1, 1, 2, 1, 2, 2}, SetEdit{"s16_q_r2w4d2", 1, 1, 2, 2, 4, 2},
                             SetEdit{"s16_gu_r2w1d2", 16, 1, 2, 2, 1, 2}, SetEdit{"s16_gu_k5r2w1d3", 16, 5, 2, 2, 1, 3},
-                            SetEdit{"s16_gu_r2w2d2", 16, 1, 2, 2, 2, 2}, SetEdit{"s16_gu_k5r2w2d2", 16, 5, 2, 2, 2, 2}}) {
+                            SetEdit{"s16_gu_r2w2d2", 16, 1, 2, 2, 2, 2}, SetEdit{"s16_gu_k5r2w2d2", 16, 5, 2, 2, 2, 2},
+                            // each class back on the shared-memory ring of the v19 dispatch, one at a time
+                            SetEdit{"s16_q_k5r2w4d3", 1, 5, 2, 2, 4, 3}, SetEdit{"s16_qg_k5r2w4d2", 2, 5, 2, 2, 4, 2},
+                            SetEdit{"s16_o_k5r2w8d3", 4 | 8, 5, 2, 2, 8, 3}, SetEdit{"s16_d_k5r2w8d3", 32, 5, 2, 2, 8, 3},
+                            SetEdit{"s16_qg_r1w8d2", 2, 1, 2, 1, 8, 2}, SetEdit{"s16_qg_r2w4d2", 2, 1, 2, 2, 4, 2}}) {
         variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
                                 if ((e.mask & matClass(m)) != 0) {

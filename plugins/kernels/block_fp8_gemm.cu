@@ -1126,13 +1126,11 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 
 }  // namespace
 
-// M = 9..16 on the streaming kernel (model shapes; not the drafter's few-k-block rule): the weight ring in shared
-// memory (two row groups: one stage deeper, 3; qkv_global's over-wave case: 2), so that more of the weights are
-// requested before the previous kernel finishes. Measured on the 12B stack (scripts/probe_stream_bw.cu, one launch per matrix with PDL, H200,
-// same process): M = 16 4526-4550 µs -> 4018-4024 (down alone: 4155-4164; qkv and qkv_global alone: 4454-4463),
-// although each matrix timed back to back against itself is slower this way (same-run tune: qkv 10.9 -> 12.5 µs,
-// o 6.6 -> 7.4, down 18.5 -> 21.2): the stack is the decode step. bench/NOTES_gemm.md v18.
-// Hopper only (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB).
+// Where the dispatch uses the shared-memory weight ring (kStreamSmem) or other Hopper-measured rules: Hopper only
+// (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB). At M = 9..16 the ring
+// was dispatched from v18 to v19 because the 12B stack preferred it (4526 -> 4018 µs) while gate_up ran the wgmma
+// 16-token tile; with gate_up on one-warp streaming CTAs (v20) the register ring is faster in the stack too (H200,
+// probe run 47: 3349 vs 3604 µs) as it always was per matrix, so the ring is back to M <= 8's over-wave case.
 bool smemRingForBatch() { return deviceMajor() == 9; }
 
 BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
@@ -1148,21 +1146,16 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c;
     // M = 9..16 with at least ~one wave of 128-row tiles (gate_up, the drafter's 16384 x 1024), on Hopper: ONE warp
     // per CTA, each streaming every k-block of its rows, so that the many CTAs fill the SMs without splitting K
-    // (H200, same-run tunes at v20, bench/NOTES_gemm.md): long K (gate_up) on the shared-memory ring with two row
-    // groups and three stages, M = 16: 33.8 µs against 37.2 for the wgmma kernel's 16-token tile that was dispatched
-    // here before (and the 12B stack at M = 16 3603 vs 3792 µs, probe run 46); short K (16384 x 1024) on the register
-    // ring with one row group and three stages, M = 9 / 12: 6.8 / 6.9 vs 8.1 µs.
+    // (H200, same-run tunes at v20, bench/NOTES_gemm.md): long K (gate_up) with two row groups and two stages, M = 16:
+    // 32.3 µs against 37.2 for the wgmma kernel's 16-token tile that was dispatched here before; short K (16384 x
+    // 1024) with one row group and three stages, M = 9 / 12 / 16: 6.8 / 6.9 / 7.1 vs 8.1 µs.
     if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && smemRingForBatch()) {
         c.kernel = BlockFp8GemmKernel::kStream;
         c.tile = 2;
-        c.rowGroups = 1;
         c.warps = 1;
         c.splits = 1;
-        c.depth = 3;
-        if (kBlocks > 8) {
-            c.rowGroups = 2;
-            return withSmemRing(c, 3);
-        }
+        c.rowGroups = kBlocks > 8 ? 2 : 1;
+        c.depth = kBlocks > 8 ? 2 : 3;
         return c;
     }
     // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
@@ -1177,9 +1170,9 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         c.depth = 2;
         // Wave quantization: a grid just over one resident wave (e.g. N = 8704: 544 CTAs for 528 slots) runs a
         // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave. M = 9..16
-        // (already two row groups: 272 CTAs for 264 slots): on Hopper the shared-memory ring at two stages keeps two
-        // row groups in one wave (H200 qkv_global M = 16, same-run tune at v19: 14.3 µs; 15.1 for the rule below);
-        // elsewhere one row group per warp, 8 warps (15.8 µs vs 17.1 for 4 warps and split-K 2).
+        // (already two row groups: 272 CTAs for 264 slots): one row group per warp, 3 warps (H200 qkv_global M = 16,
+        // same-run tunes at v20: 13.4 µs; 14.3 for the shared-memory ring with two row groups, the rule at v19; 15.1
+        // for 8 warps).
         const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
         const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
         if (c.tile == 1 && overWave) {
@@ -1187,9 +1180,8 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.depth = 2;
             ctas = ceilDiv(N, 32) * ceilDiv(M, 8);
         } else if (c.tile == 2 && overWave && kBlocks >= 4) {
-            if (smemRingForBatch()) return withSmemRing(c, 2);  // tile 2, two row groups, 4 warps, no split
             c.rowGroups = 1;
-            c.warps = 8;
+            c.warps = 3;
             return c;
         }
         c.splits = chooseSplits(ctas, (9 * sms) / 10, 8, kBlocks, c.warps);
@@ -1204,7 +1196,6 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             c.depth = kBlocks <= 8 ? 2 : 3;
             c.splits = chooseSplits(ceilDiv(N, 16) * ceilDiv(M, 16), (9 * sms) / 10, 8, kBlocks, c.warps);
         }
-        if (c.tile == 2 && c.rowGroups == 2 && smemRingForBatch()) return withSmemRing(c, 3);
         // M ≤ 8, one row group per warp: a third register stage (two k-blocks in flight per warp) wherever the grid
         // still fits one wave at that stage's occupancy (H200, M = 1, same run: qkv 9.2 vs 10.7 µs, o 5.6 vs 6.2,
         // down 16.5 vs 17.4, drafter 1024 x 8192 5.4 vs 5.6). Where it misses by less than a quarter wave
