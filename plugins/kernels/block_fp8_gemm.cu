@@ -1130,7 +1130,8 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 // (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB). At M = 9..16 the ring
 // was dispatched from v18 to v19 because the 12B stack preferred it (4526 -> 4018 µs) while gate_up ran the wgmma
 // 16-token tile; with gate_up on one-warp streaming CTAs (v20) the register ring is faster in the stack too (H200,
-// probe run 47: 3349 vs 3604 µs) as it always was per matrix, so the ring is back to M <= 8's over-wave case.
+// probe run 45: 3349 vs 3604 µs; this dispatch 3293-3305, run 46), as it always was per matrix, so the ring is back
+// to M <= 8's over-wave case.
 bool smemRingForBatch() { return deviceMajor() == 9; }
 
 BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
