@@ -276,7 +276,12 @@ int main() {
     };
     for (const Edit e : {Edit{"x_k5d3_m1", 1, 63, 3, 3, 0}, Edit{"x_k5d3gu_m1", 1, 16, 3, 0, 0},
                          Edit{"x_k5d3qg_m1", 1, 2, 3, 0, 0}, Edit{"x_k5d3gu_org2_m1", 1, 16, 3, 0, 4 | 8 | 32},
-                         Edit{"x_org2_m1", 1, 0, 0, 0, 4 | 8 | 32}, Edit{"x_drg2_m1", 1, 0, 0, 0, 32}}) {
+                         Edit{"x_org2_m1", 1, 0, 0, 0, 4 | 8 | 32}, Edit{"x_drg2_m1", 1, 0, 0, 0, 32},
+                         // deeper shared-memory rings where each warp has few k-blocks (o: 4, o_global: 8, down: 15):
+                         // more of a warp's weights requested before the previous kernel ends
+                         Edit{"x_k5d5o_m1", 1, 4 | 8, 5, 0, 0}, Edit{"x_k5d4o_m1", 1, 4 | 8, 4, 0, 0},
+                         Edit{"x_k5d5od_m1", 1, 4 | 8 | 32, 5, 0, 0}, Edit{"x_k5d4d_m1", 1, 32, 4, 0, 0},
+                         Edit{"x_k5d5q_m1", 1, 1, 5, 0, 0}, Edit{"x_k5d4q_m1", 1, 1, 4, 0, 0}}) {
         variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(e.m, m.n, m.k);
                                 if (c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream) {
