@@ -1126,13 +1126,13 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
 
 }  // namespace
 
-// Where the dispatch uses the shared-memory weight ring (kStreamSmem) or other Hopper-measured rules: Hopper only
-// (measured there; the 8-warp rings need up to 120 KB of shared memory, over sm_120's 99 KB). At M = 9..16 the ring
-// was dispatched from v18 to v19 because the 12B stack preferred it (4526 -> 4018 µs) while gate_up ran the wgmma
-// 16-token tile; with gate_up on one-warp streaming CTAs (v20) the register ring is faster in the stack too (H200,
-// probe run 45: 3349 vs 3604 µs; this dispatch 3293-3305, run 46), as it always was per matrix, so the ring is back
-// to M <= 8's over-wave case.
-bool smemRingForBatch() { return deviceMajor() == 9; }
+// Dispatch rules measured on Hopper only (H200 and H100) and taken only there: the shared-memory weight ring for
+// M <= 8's over-wave case (its 8-warp forms need up to 120 KB of shared memory, over sm_120's 99 KB) and the one-warp
+// CTAs at M = 9..16. At M = 9..16 the ring was dispatched from v18 to v19 because the 12B stack preferred it (4526 ->
+// 4018 µs) while gate_up ran the wgmma 16-token tile; with gate_up on one-warp streaming CTAs (v20) the register ring
+// is faster in the stack too (H200, probe run 45: 3349 vs 3604 µs; this dispatch 3293-3305, run 46), as it always was
+// per matrix.
+bool hopperRules() { return deviceMajor() == 9; }
 
 BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
     c.kernel = BlockFp8GemmKernel::kStreamSmem;
@@ -1148,9 +1148,10 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     // M = 9..16 with at least ~one wave of 128-row tiles (gate_up, the drafter's 16384 x 1024), on Hopper: ONE warp
     // per CTA, each streaming every k-block of its rows, so that the many CTAs fill the SMs without splitting K
     // (H200, same-run tunes at v20, bench/NOTES_gemm.md): long K (gate_up) with two row groups and two stages, M = 16:
-    // 32.3 µs against 37.2 for the wgmma kernel's 16-token tile that was dispatched here before; short K (16384 x
-    // 1024) with one row group and three stages, M = 9 / 12 / 16: 6.8 / 6.9 / 7.1 vs 8.1 µs.
-    if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && smemRingForBatch()) {
+    // 32.3 µs against 37.2 for the wgmma kernel's 16-token tile that was dispatched here before (H100: 43.4 vs 44.2);
+    // short K (16384 x 1024) with one row group and three stages, M = 9 / 12 / 16: 6.8 / 6.9 / 7.1 vs 8.1 µs (H100
+    // M = 16: 8.0 vs 9.1).
+    if (M > 8 && M <= 16 && ceilDiv(N, 128) * 10 >= sms * 9 && hopperRules()) {
         c.kernel = BlockFp8GemmKernel::kStream;
         c.tile = 2;
         c.warps = 1;
@@ -1173,7 +1174,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         // nearly empty second wave. M ≤ 8: two row groups per warp halve the grid back into one wave. M = 9..16
         // (already two row groups: 272 CTAs for 264 slots): one row group per warp, 3 warps (H200 qkv_global M = 16,
         // same-run tunes at v20: 13.4 µs; 14.3 for the shared-memory ring with two row groups, the rule at v19; 15.1
-        // for 8 warps).
+        // for 8 warps; H100 14.4 vs 15.2 for the ring).
         const int slots = streamResidentCtasPerSm(c.tile, c.rowGroups, c.depth, c.warps) * sms;
         const bool overWave = slots > 0 && ctas > slots && 4 * ctas <= 5 * slots;
         if (c.tile == 1 && overWave) {
@@ -1216,7 +1217,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             const int slots3 = streamResidentCtasPerSm(1, 1, 3, c.warps) * sms;
             // Short K (at most 8 k-blocks) whose grid misses one wave at 4 warps and three stages (the drafter's
             // 16384 x 1024: 1024 CTAs): 2 warps of 4 k-blocks each, three stages, where that fits one wave (H200,
-            // M = 1, same-run tune at v20: 5.7 vs 6.3 µs for 4 warps and two stages).
+            // M = 1, same-run tunes at v20: 5.7 vs 6.3 µs for 4 warps and two stages; H100 6.3 vs 7.0).
             if (c.warps == 4 && c.splits == 1 && kBlocks <= 8 && slots3 > 0 && grid > slots3) {
                 const int slots3w2 = streamResidentCtasPerSm(1, 1, 3, 2) * sms;
                 if (slots3w2 > 0 && grid <= slots3w2) {
@@ -1227,7 +1228,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
             }
             if (slots3 > 0 && grid <= slots3)
                 c.depth = 3;
-            else if (slots3 > 0 && 4 * grid <= 5ll * slots3 && smemRingForBatch())
+            else if (slots3 > 0 && 4 * grid <= 5ll * slots3 && hopperRules())
                 return withSmemRing(c, 3);
         }
         return c;
