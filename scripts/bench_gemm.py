@@ -460,7 +460,11 @@ def main() -> None:
     p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
     p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-5)")
     p.add_argument(
-        "--tune-warps", type=int, nargs="*", default=[4, 8], help="--tune: warps per CTA of the streaming kernels (1-8)"
+        "--tune-warps",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4, 8],
+        help="--tune: warps per CTA of the streaming kernels (1-8)",
     )
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")
