@@ -389,6 +389,10 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                             cands.append((1, nt, 1, wp, sp, d))
                 if nt < 4:
                     cands += [(1, nt, 2, wp, 1, d) for wp in warps for d in ((2, 3) if nt == 1 else (2,))]
+                if 16 < m <= 32:
+                    # 16-token tiles, two row groups: the token tiles' CTAs share weight rows (the second reads
+                    # them from L2).
+                    cands += [(1, 2, 2, wp, 1, 2) for wp in warps] + [(5, 2, 2, wp, 1, 3) for wp in warps]
                 # The same kernel with its weight ring in shared memory (kernel 5).
                 for d in {1: (3, 4, 5), 2: (3, 4), 4: (2, 3)}[nt]:
                     for wp in warps:
