@@ -298,65 +298,71 @@ int main() {
                                 gemmWith(m, e.m, c, s);
                             }});
     }
-    // Warp-count edits of the streaming kernel for the K = 3840 classes (mask as above: 1 qkv, 2 qkv_global, 16
-    // gate_up): 30 k-blocks split over 4 warps leave two warps a k-block more than the other two; 3, 5 or 6 warps
-    // split them evenly. kernel/depth/warps/rowGroups 0 = keep the default's.
-    struct WarpEdit {
+    // Configuration edits for the classes in `mask` (as above; 63 = all): kernel, tile (token tiles of 8), row groups,
+    // warps, depth, 0 = keep the default's; a set tile also sets split-K to 1 (a whole configuration). The K = 3840
+    // classes' warp counts (w_*: 30 k-blocks over 4 warps leave two warps a k-block more; 3, 5 or 6 split them
+    // evenly), one- and two-warp CTAs (w1_*, w2_*) and whole M = 16 configurations (s16_*).
+    struct ConfigEdit {
         const char* name;
-        int m, mask, kernel, warps, depth, rowGroups;
+        int m, mask, kernel, tile, rowGroups, warps, depth;
     };
-    for (const WarpEdit e : {WarpEdit{"w_q3d4_m1", 1, 1, 1, 3, 4, 0}, WarpEdit{"w_q3d3_m1", 1, 1, 1, 3, 3, 0},
-                             WarpEdit{"w_q6s5_m1", 1, 1, 5, 6, 3, 0}, WarpEdit{"w_qg3s4_m1", 1, 2, 5, 3, 4, 0},
-                             WarpEdit{"w_qg3s5_m1", 1, 2, 5, 3, 5, 0}, WarpEdit{"w_gu3d3_m1", 1, 16, 1, 3, 3, 0},
-                             WarpEdit{"w_gu5d2_m1", 1, 16, 1, 5, 2, 0}, WarpEdit{"w_gu6d2_m1", 1, 16, 1, 6, 2, 0},
-                             WarpEdit{"w_gu3d2_m1", 1, 16, 1, 3, 2, 0}, WarpEdit{"w_q3_m16", 16, 1 | 2, 0, 3, 0, 0},
-                             WarpEdit{"w_q6_m16", 16, 1 | 2, 0, 6, 0, 0}, WarpEdit{"w_q5_m16", 16, 1 | 2, 0, 5, 0, 0},
-                             // one or two warps per CTA, each warp all of its rows' k-blocks (every class: mask 63)
-                             WarpEdit{"w1_all_d3_m1", 1, 63, 1, 1, 3, 0}, WarpEdit{"w1_all_d4_m1", 1, 63, 1, 1, 4, 0},
-                             WarpEdit{"w2_all_d3_m1", 1, 63, 1, 2, 3, 0}, WarpEdit{"w1_all_r2d3_m1", 1, 63, 1, 1, 3, 2},
-                             WarpEdit{"w1_gu_d2_m1", 1, 16, 1, 1, 2, 0}, WarpEdit{"w1_gu_d3_m1", 1, 16, 1, 1, 3, 0},
-                             WarpEdit{"w1_gu_r2d2_m1", 1, 16, 1, 1, 2, 2}, WarpEdit{"w2_gu_d2_m1", 1, 16, 1, 2, 2, 0}}) {
+    for (const ConfigEdit e : {
+         ConfigEdit{"w_q3d4_m1", 1, 1, 1, 0, 0, 3, 4},
+         ConfigEdit{"w_q3d3_m1", 1, 1, 1, 0, 0, 3, 3},
+         ConfigEdit{"w_q6s5_m1", 1, 1, 5, 0, 0, 6, 3},
+         ConfigEdit{"w_qg3s4_m1", 1, 2, 5, 0, 0, 3, 4},
+         ConfigEdit{"w_qg3s5_m1", 1, 2, 5, 0, 0, 3, 5},
+         ConfigEdit{"w_gu3d3_m1", 1, 16, 1, 0, 0, 3, 3},
+         ConfigEdit{"w_gu5d2_m1", 1, 16, 1, 0, 0, 5, 2},
+         ConfigEdit{"w_gu6d2_m1", 1, 16, 1, 0, 0, 6, 2},
+         ConfigEdit{"w_gu3d2_m1", 1, 16, 1, 0, 0, 3, 2},
+         ConfigEdit{"w_q3_m16", 16, 1 | 2, 0, 0, 0, 3, 0},
+         ConfigEdit{"w_q6_m16", 16, 1 | 2, 0, 0, 0, 6, 0},
+         ConfigEdit{"w_q5_m16", 16, 1 | 2, 0, 0, 0, 5, 0},
+         // one or two warps per CTA, each warp all of its rows' k-blocks (every class: mask 63)
+         ConfigEdit{"w1_all_d3_m1", 1, 63, 1, 0, 0, 1, 3},
+         ConfigEdit{"w1_all_d4_m1", 1, 63, 1, 0, 0, 1, 4},
+         ConfigEdit{"w2_all_d3_m1", 1, 63, 1, 0, 0, 2, 3},
+         ConfigEdit{"w1_all_r2d3_m1", 1, 63, 1, 0, 2, 1, 3},
+         ConfigEdit{"w1_gu_d2_m1", 1, 16, 1, 0, 0, 1, 2},
+         ConfigEdit{"w1_gu_d3_m1", 1, 16, 1, 0, 0, 1, 3},
+         ConfigEdit{"w1_gu_r2d2_m1", 1, 16, 1, 0, 2, 1, 2},
+         ConfigEdit{"w2_gu_d2_m1", 1, 16, 1, 0, 0, 2, 2},
+         // M = 16: whole streaming configurations (the token tile too, so any default kernel is replaced)
+         ConfigEdit{"s16_all_r1w2d2", 16, 63, 1, 2, 1, 2, 2},
+         ConfigEdit{"s16_all_r2w2d2", 16, 63, 1, 2, 2, 2, 2},
+         ConfigEdit{"s16_all_k5r2w2d3", 16, 63, 5, 2, 2, 2, 3},
+         ConfigEdit{"s16_all_k5r2w3d3", 16, 63, 5, 2, 2, 3, 3},
+         ConfigEdit{"s16_gu_r1w2d2", 16, 16, 1, 2, 1, 2, 2},
+         ConfigEdit{"s16_gu_k5r2w3d2", 16, 16, 5, 2, 2, 3, 2},
+         ConfigEdit{"s16_gu_r1w3d2", 16, 16, 1, 2, 1, 3, 2},
+         ConfigEdit{"s16_qg_r1w3d2", 16, 2, 1, 2, 1, 3, 2},
+         ConfigEdit{"s16_q_r1w2d2", 16, 1, 1, 2, 1, 2, 2},
+         ConfigEdit{"s16_q_r2w4d2", 16, 1, 1, 2, 2, 4, 2},
+         ConfigEdit{"s16_gu_r2w1d2", 16, 16, 1, 2, 2, 1, 2},
+         ConfigEdit{"s16_gu_k5r2w1d3", 16, 16, 5, 2, 2, 1, 3},
+         ConfigEdit{"s16_gu_r2w2d2", 16, 16, 1, 2, 2, 2, 2},
+         ConfigEdit{"s16_gu_k5r2w2d2", 16, 16, 5, 2, 2, 2, 2},
+         // each class back on the shared-memory ring of the v19 dispatch, one at a time
+         ConfigEdit{"s16_q_k5r2w4d3", 16, 1, 5, 2, 2, 4, 3},
+         ConfigEdit{"s16_qg_k5r2w4d2", 16, 2, 5, 2, 2, 4, 2},
+         ConfigEdit{"s16_o_k5r2w8d3", 16, 4 | 8, 5, 2, 2, 8, 3},
+         ConfigEdit{"s16_d_k5r2w8d3", 16, 32, 5, 2, 2, 8, 3},
+         ConfigEdit{"s16_qg_r1w8d2", 16, 2, 1, 2, 1, 8, 2},
+         ConfigEdit{"s16_qg_r2w4d2", 16, 2, 1, 2, 2, 4, 2}}) {
         variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
                                 trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(e.m, m.n, m.k);
-                                const bool stream = c.kernel == trt_gemma4::BlockFp8GemmKernel::kStream ||
-                                                    c.kernel == trt_gemma4::BlockFp8GemmKernel::kStreamSmem;
-                                if (stream && (e.mask & matClass(m)) != 0) {
+                                if ((e.mask & matClass(m)) != 0) {
                                     if (e.kernel != 0) c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(e.kernel);
+                                    if (e.tile != 0) {
+                                        c.tile = e.tile;
+                                        c.splits = 1;
+                                    }
+                                    if (e.rowGroups != 0) c.rowGroups = e.rowGroups;
                                     if (e.warps != 0) c.warps = e.warps;
                                     if (e.depth != 0) c.depth = e.depth;
-                                    if (e.rowGroups != 0) c.rowGroups = e.rowGroups;
                                 }
                                 gemmWith(m, e.m, c, s);
-                            }});
-    }
-    // M = 16 with whole streaming-kernel configurations for the classes in `mask` (any default kernel replaced):
-    // kernel, tile (token tiles of 8), row groups, warps, depth; no split-K.
-    struct SetEdit {
-        const char* name;
-        int mask, kernel, tile, rowGroups, warps, depth;
-    };
-    for (const SetEdit e : {SetEdit{"s16_all_r1w2d2", 63, 1, 2, 1, 2, 2}, SetEdit{"s16_all_r2w2d2", 63, 1, 2, 2, 2, 2},
-                            SetEdit{"s16_all_k5r2w2d3", 63, 5, 2, 2, 2, 3}, SetEdit{"s16_all_k5r2w3d3", 63, 5, 2, 2, 3, 3},
-                            SetEdit{"s16_gu_r1w2d2", 16, 1, 2, 1, 2, 2}, SetEdit{"s16_gu_k5r2w3d2", 16, 5, 2, 2, 3, 2},
-                            SetEdit{"s16_gu_r1w3d2", 16, 1, 2, 1, 3, 2}, SetEdit{"s16_qg_r1w3d2", 2, 1, 2, 1, 3, 2},
-                            SetEdit{"s16_q_r1w2d2", 1, 1, 2, 1, 2, 2}, SetEdit{"s16_q_r2w4d2", 1, 1, 2, 2, 4, 2},
-                            SetEdit{"s16_gu_r2w1d2", 16, 1, 2, 2, 1, 2}, SetEdit{"s16_gu_k5r2w1d3", 16, 5, 2, 2, 1, 3},
-                            SetEdit{"s16_gu_r2w2d2", 16, 1, 2, 2, 2, 2}, SetEdit{"s16_gu_k5r2w2d2", 16, 5, 2, 2, 2, 2},
-                            // each class back on the shared-memory ring of the v19 dispatch, one at a time
-                            SetEdit{"s16_q_k5r2w4d3", 1, 5, 2, 2, 4, 3}, SetEdit{"s16_qg_k5r2w4d2", 2, 5, 2, 2, 4, 2},
-                            SetEdit{"s16_o_k5r2w8d3", 4 | 8, 5, 2, 2, 8, 3}, SetEdit{"s16_d_k5r2w8d3", 32, 5, 2, 2, 8, 3},
-                            SetEdit{"s16_qg_r1w8d2", 2, 1, 2, 1, 8, 2}, SetEdit{"s16_qg_r2w4d2", 2, 1, 2, 2, 4, 2}}) {
-        variants.push_back({e.name, [&, e](const Mat& m, cudaStream_t s) {
-                                trt_gemma4::BlockFp8GemmConfig c = trt_gemma4::blockFp8WoGemmDefaultConfig(16, m.n, m.k);
-                                if ((e.mask & matClass(m)) != 0) {
-                                    c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(e.kernel);
-                                    c.tile = e.tile;
-                                    c.rowGroups = e.rowGroups;
-                                    c.warps = e.warps;
-                                    c.splits = 1;
-                                    c.depth = e.depth;
-                                }
-                                gemmWith(m, 16, c, s);
                             }});
     }
     // M = 16 as dispatched before kStreamSmem (the register ring, two stages).

@@ -9,7 +9,7 @@
 //    converts them to BF16 fragments in registers and feeds the tensor cores. Warps of a CTA share 16-row weight
 //    groups and split K; an optional split-K across CTAs writes FP32 partials that a reduce pass sums. Its SMEM
 //    form (kStreamSmem) keeps the weights in flight in a per-warp shared-memory ring filled by cp.async instead;
-//    the dispatch uses it on Hopper at M = 9..16 and where a grid at M ≤ 8 just misses one wave (qkv_global).
+//    the dispatch uses it on Hopper where a grid at M ≤ 8 just misses one wave (qkv_global).
 //  * tiledKernel (larger M): classic multi-stage cp.async pipeline; weight (FP8) and token (BF16) tiles in
 //    shared memory, each warp converts its own weight fragments from shared memory.
 // A third, bulkStreamKernel (sm_90+, cp.async.bulk into a shared-memory ring, streamKernel's math), was measured
