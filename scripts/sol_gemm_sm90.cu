@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
             for (size_t i = 0; i < hs.size(); ++i) hs[i] = 1e-3f * (1.f + 0.001f * float(i % 97));
             CHECK(cudaMemcpy(S, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
             trt_gemma4::BlockFp8GemmConfig c;
-            const char* kern = std::getenv("SOL_KERNEL");  // 6: the FP16 form (its pre-pass included)
+            const char* kern = std::getenv("SOL_KERNEL");  // BlockFp8GemmKernel number, default 3 (kWgmma)
             c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(kern != nullptr ? std::atoi(kern) : 3);
             c.tile = tile;
             c.splits = splits;

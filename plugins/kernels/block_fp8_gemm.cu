@@ -1261,8 +1261,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     return c;
 }
 
-size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int K) {
-    if (config.kernel == BlockFp8GemmKernel::kWgmmaF16) return wgmmaF16Workspace(M, K, config.tile, config.splits);
+size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
@@ -1281,12 +1280,11 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
                                      void* workspace, size_t workspaceBytes, cudaStream_t stream, int* semaphores) {
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
-    const bool wgmmaF16 = config.kernel == BlockFp8GemmKernel::kWgmmaF16;
-    const bool streamK = (config.kernel == BlockFp8GemmKernel::kWgmma || wgmmaF16) && config.splits == 0;
+    const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
     float* partial = nullptr;
-    if (config.splits > 1 || streamK || wgmmaF16) {
+    if (config.splits > 1 || streamK) {
         if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
             return cudaErrorInvalidValue;
         partial = static_cast<float*>(workspace);
@@ -1350,10 +1348,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
                               config.splits, stream);
-    } else if (wgmmaF16) {
-        if (config.splits > 1) return cudaErrorInvalidValue;
-        return launchWgmmaF16Gemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K,
-                                  config.tile, config.splits, stream);
     } else {
         return cudaErrorInvalidValue;
     }

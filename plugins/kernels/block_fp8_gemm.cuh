@@ -19,10 +19,7 @@
 //     128-row block are within ~1e30 of each other (true for any real checkpoint: s = amax / 448).
 //   * the sm_90a wgmma kernels (kWgmma): token tiles 16-128 promote like the streaming kernel; the persistent
 //     256-token kernel rescales like the tiled kernel (same range condition). Same products, same FP32
-//     accumulation (wgmma, BF16 in). kWgmmaF16 runs the persistent kernels on FP16 operands: the activations are
-//     first written as FP16 times a power of two per token row (exact for every element of magnitude at least
-//     2^-31 of the row's largest; smaller ones are off by at most 2^-39 of it), the FP8 weights converted exactly
-//     to FP16, the power of two multiplied back after the block scale: the same products and FP32 sums.
+//     accumulation (wgmma, BF16 in).
 // An E4M3 NaN byte (0x7F/0xFF) is not propagated (it decodes to ±480); checkpoints never hold NaN.
 //
 // The portable kernels (kStream, kTiled) use only sm_80+ instructions (mma.sync bf16, cp.async, fma.rn.bf16x2), so
@@ -56,11 +53,6 @@ enum class BlockFp8GemmKernel : int {
                   // chosen by the default dispatch (hand-set configurations only)
     kStreamSmem = 5,  // kStream with the weights and scales in flight in a per-warp shared-memory ring (cp.async)
                       // instead of registers; same fields and same results bit for bit (sm_80+)
-    kWgmmaF16 = 6,    // sm_90a only: kWgmma's persistent kernel (tile 256, splits 1) or stream-K (tile 128/256,
-                      // splits 0) on FP16 operands: a pre-pass writes the activations as FP16, each token row times
-                      // a power of two (exact for every element within 2^-31 of the row's largest), so the weights
-                      // are widened by the one-instruction hardware conversion; needs the workspace
-                      // (blockFp8WoGemmWorkspaceFor: M x K x 2 bytes and more)
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.

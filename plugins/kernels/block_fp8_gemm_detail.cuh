@@ -177,12 +177,5 @@ size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream);
 
-// kWgmmaF16: the activation pre-pass, then the persistent kernel on FP16 operands (tokTile 256 with splits 1, or
-// stream-K: splits 0 with tokTile 128 or 256). Workspace: the FP16 activations [M][K], the tokens' powers of two [M],
-// then (stream-K) its flags and partials, wgmmaF16Workspace(M, K, tokTile, splits) bytes.
-size_t wgmmaF16Workspace(int M, int K, int tokTile, int splits);
-cudaError_t launchWgmmaF16Gemm(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem,
-                               int M, int N, int K, int tokTile, int splits, cudaStream_t stream);
-
 }  // namespace detail
 }  // namespace trt_gemma4

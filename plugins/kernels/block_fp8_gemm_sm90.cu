@@ -45,7 +45,6 @@
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <atomic>
@@ -62,7 +61,7 @@ namespace {
 // Speed-of-light probes for the benchmark notes (scripts/sol_gemm_sm90.sh builds them; never set in a real build):
 // bit 1 skips the FP8 -> BF16 conversion, bit 2 also the weight loads from shared memory, bit 4 the accumulator
 // rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
-// by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads: what an FP16-operand kernel would pay).
+// by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel).
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -218,57 +217,6 @@ __device__ __forceinline__ void wgmmaRs(float (&d)[128], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
 }
 
-// The same with FP16 operands (kWgmmaF16: weights widened by the hardware conversion, activations from the FP16
-// pre-pass); token tiles 128 and 256 only.
-__device__ __forceinline__ void wgmmaRsF16(float (&d)[64], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
-}
-
-__device__ __forceinline__ void wgmmaRsF16(float (&d)[128], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %133, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
-        "{"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
-}
-
 // Weight fragments of STEPS k steps of 16 for this thread, from a swizzled FP8 tile with ROW_BYTES-byte rows
 // (128: one k-block, 128-byte swizzle; 64: half a k-block, 64-byte swizzle). rowAddr: shared-memory address of
 // the thread's row g of the tile; offs[j] = ((j << 4) ^ swizzle XOR of rows g and g+8) + 4 * (t / 2), computed once.
@@ -279,40 +227,29 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
     return v;
 }
 
-// sel: fragSel(t), the two PRMT selectors that take the thread's pairs (k 2t, 2t+1) and (k 2t+8, 2t+9) straight
-// from the two loaded words. mult: BF16x2 2^120 (exact conversion, block_fp8_gemm_detail.cuh) or 0 (an all-zero
-// block: zero fragments).
-//
-// F16 (kWgmmaF16): the weights become FP16 fragments through the hardware conversion cvt.rn.f16x2.e4m3x2 (exact: every
-// E4M3 value is an FP16 normal), one instruction per pair loaded with a 16-bit ld.shared: `sel` is then the byte
-// offset of the thread's pair inside the word, 2 (t & 1), and `mult` is unused: an all-zero block (s = 0) is read
-// from a zeroed page of shared memory instead (the caller passes its address), since an AND with a mask on this
-// path measured 5% slower at M = 8192 (H200: 865 vs 822 µs for qkv).
-__device__ __forceinline__ uint16_t lds16(uint32_t addr) {
+#if TRT_GEMMA4_SOL & 16
+__device__ __forceinline__ uint16_t solLds16(uint32_t addr) {
     uint16_t v;
     asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
     return v;
 }
-__device__ __forceinline__ uint32_t e4m3x2ToF16x2(uint16_t v) {
+__device__ __forceinline__ uint32_t solCvtE4m3x2(uint16_t v) {
     uint32_t d;
     asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(d) : "h"(v));
     return d;
 }
+#endif
 
-template <int STEPS, int ROW_BYTES, bool F16 = false>
+// sel: fragSel(t), the two PRMT selectors that take the thread's pairs (k 2t, 2t+1) and (k 2t+8, 2t+9) straight
+// from the two loaded words. mult: BF16x2 2^120 (exact conversion, block_fp8_gemm_detail.cuh) or 0 (an all-zero
+// block: zero fragments).
+template <int STEPS, int ROW_BYTES>
 __device__ __forceinline__ void loadWeightFrags(uint32_t (&a)[STEPS][4], uint32_t rowAddr, const uint32_t (&offs)[STEPS],
                                                 uint32_t sel, uint32_t mult = kBf16x2Pow120) {
 #pragma unroll
     for (int j = 0; j < STEPS; ++j) {
         const uint32_t p0 = rowAddr + offs[j];   // row g, chunk j
         const uint32_t p1 = p0 + 8 * ROW_BYTES;  // row g + 8, same chunk
-        if constexpr (F16) {
-            a[j][0] = e4m3x2ToF16x2(lds16(p0 + sel));
-            a[j][2] = e4m3x2ToF16x2(lds16(p0 + 8 + sel));
-            a[j][1] = e4m3x2ToF16x2(lds16(p1 + sel));
-            a[j][3] = e4m3x2ToF16x2(lds16(p1 + 8 + sel));
-            continue;
-        }
 #if TRT_GEMMA4_SOL & 2  // speed-of-light probe: no shared-memory loads, no conversion (wrong results)
         a[j][0] = a[j][1] = a[j][2] = a[j][3] = mult ^ p0;
         continue;
@@ -325,10 +262,10 @@ __device__ __forceinline__ void loadWeightFrags(uint32_t (&a)[STEPS][4], uint32_
 #elif TRT_GEMMA4_SOL & 16  // probe: the hardware conversion (FP16 bits into the BF16 wgmma: wrong results)
         {
             const uint32_t h = 2u * (threadIdx.x & 1u);  // the thread's pair inside the word
-            a[j][0] = e4m3x2ToF16x2(lds16(p0 + h));
-            a[j][2] = e4m3x2ToF16x2(lds16(p0 + 8 + h));
-            a[j][1] = e4m3x2ToF16x2(lds16(p1 + h));
-            a[j][3] = e4m3x2ToF16x2(lds16(p1 + 8 + h));
+            a[j][0] = solCvtE4m3x2(solLds16(p0 + h));
+            a[j][2] = solCvtE4m3x2(solLds16(p0 + 8 + h));
+            a[j][1] = solCvtE4m3x2(solLds16(p1 + h));
+            a[j][3] = solCvtE4m3x2(solLds16(p1 + 8 + h));
         }
         continue;
 #endif
@@ -582,76 +519,45 @@ __device__ __forceinline__ void produceStage(int c, int k64, int n0, int m0, boo
 
 // Fragment-load offsets into a [rows][64 B] weight stage with the 64-byte swizzle: rows g and g+8 XOR the chunk
 // index with (g / 2) % 4; sel: fragSel(t) (see loadWeightFrags).
-// F16: sel = the byte offset of the thread's pair inside the loaded word (see loadWeightFrags).
-template <bool F16 = false>
 __device__ __forceinline__ void persistentFragOffsets(int g, int t, uint32_t (&offs)[4], uint32_t& sel) {
 #pragma unroll
     for (int j = 0; j < 4; ++j)
         offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(t >> 1) * 4;
-    sel = F16 ? 2u * static_cast<uint32_t>(t & 1) : fragSel(t);
+    sel = fragSel(t);
 }
 
 // Stores a 64 x T accumulator (acc[4j + {0,1,2,3}] = row n (+8 for 2,3), token m + 8j (+1 for 1,3)) times `scale`
 // as BF16 straight from registers: a warp's store covers 4 tokens x 8 consecutive features (16 bytes each), rows
 // >= N and tokens >= M skipped.
-// F16: ts = the tokens' powers of two from the pre-pass, in shared memory, ts[0] for token m (ts[8j + 1] for m + 8j
-// + 1), multiplied after the block scale (exact). Read from global memory here instead, they cost 17% at M = 8192
-// (H200, qkv: 816 vs 679 µs), so the kernels stage them (loaded at the tile's start, stored to shared memory here).
-template <int T, bool F16 = false>
+template <int T>
 __device__ __forceinline__ void storeAccTile(__nv_bfloat16* __restrict__ Y, const float (&acc)[T / 2], float scale,
-                                             int M, int N, int n, int m, const float* ts = nullptr) {
+                                             int M, int N, int n, int m) {
 #pragma unroll
     for (int j = 0; j < T / 8; ++j) {
         const int mj = m + 8 * j;
         if (mj < M) {
-            const float t0 = F16 ? ts[8 * j] : 1.f;
             __nv_bfloat16* y = Y + static_cast<size_t>(mj) * N + n;
-            if (n < N) y[0] = __float2bfloat16_rn(F16 ? acc[4 * j] * scale * t0 : acc[4 * j] * scale);
-            if (n + 8 < N) y[8] = __float2bfloat16_rn(F16 ? acc[4 * j + 2] * scale * t0 : acc[4 * j + 2] * scale);
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * scale);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * scale);
         }
         if (mj + 1 < M) {
-            const float t1 = F16 ? ts[8 * j + 1] : 1.f;
             __nv_bfloat16* y = Y + static_cast<size_t>(mj + 1) * N + n;
-            if (n < N) y[0] = __float2bfloat16_rn(F16 ? acc[4 * j + 1] * scale * t1 : acc[4 * j + 1] * scale);
-            if (n + 8 < N) y[8] = __float2bfloat16_rn(F16 ? acc[4 * j + 3] * scale * t1 : acc[4 * j + 3] * scale);
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * scale);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * scale);
         }
     }
 }
-
-// F16 token scales of a tile: each consumer thread loads T / 128 of them at the tile's start (their latency hides
-// behind the main loop) and they meet in shared memory (ts: the warpgroup's T floats) just before the store; the
-// second barrier keeps a fast thread's next tile from overwriting them while others still read.
-template <int T>
-struct TileTokScales {
-    float v[T / 128];
-    __device__ __forceinline__ void load(const float* __restrict__ tokScale, int m0, int M, int tid) {
-#pragma unroll
-        for (int i = 0; i < T / 128; ++i) v[i] = m0 + tid + 128 * i < M ? __ldg(tokScale + m0 + tid + 128 * i) : 1.f;
-    }
-    __device__ __forceinline__ void publish(float* ts, int tid, int cw) const {
-#pragma unroll
-        for (int i = 0; i < T / 128; ++i) ts[tid + 128 * i] = v[i];
-        namedBarrier(2 + cw, 128);
-    }
-};
 
 // Conversion multiplier for a k-block with scale s: BF16x2 2^120 (exact conversion), or 0 for an all-zero block
 // (s = 0: zero fragments, so the wgmmas still run unconditionally and leave the accumulator's unit alone).
 __device__ __forceinline__ uint32_t fragMult(float scale) { return scale != 0.f ? kBf16x2Pow120 : 0u; }
-
-// Where a consumer thread reads its weight fragments of a stage: the stage, or for F16 and an all-zero block (s = 0)
-// the zeroed page at ZERO (zero fragments: see loadWeightFrags).
-template <bool F16, int ZERO>
-__device__ __forceinline__ uint32_t fragAddr(uint32_t rowAddr, uint32_t stageOffset, float scale) {
-    return F16 && scale == 0.f && !(TRT_GEMMA4_SOL & 32) ? rowAddr + ZERO : rowAddr + stageOffset;
-}
 
 // One k-block (two 64-k stages, one scale) of a persistent kernel's consumer warpgroup, shared by the wide and the
 // stream-K kernels. Stage counter c; f0 holds the k-block's first stage (converted), f1 receives its second, g0 the
 // next k-block's first stage when `more`. The accumulator is kept in units of the current block scale: rescaled here
 // (acc *= unit / s) while it is idle, since the previous k-block ended with a wait. The wgmmas are issued
 // unconditionally (branches around them make ptxas serialize).
-template <int T, int STAGES, int STAGE, int W_BYTES, bool F16 = false, int ZERO = 0>
+template <int T, int STAGES, int STAGE, int W_BYTES>
 __device__ __forceinline__ void persistentKBlock(float (&acc)[T / 2], float& unit, int& c, int kb, bool more,
                                                  int kStages, const float* sRow, uint32_t sbase, uint32_t fullBar,
                                                  uint32_t emptyBar, uint32_t rowAddr, const uint32_t (&offs)[4],
@@ -675,39 +581,23 @@ __device__ __forceinline__ void persistentKBlock(float (&acc)[T / 2], float& uni
     {
         const uint32_t xs = sbase + s0 * STAGE + W_BYTES;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if constexpr (F16)
-                wgmmaRsF16(acc, f0[j], descSw128(xs + j * 32), 1);
-            else
-                wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
-        }
+        for (int j = 0; j < 4; ++j) wgmmaRs(acc, f0[j], descSw128(xs + j * 32), 1);
     }
     wgmmaCommit();
     if (two) {
         mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
-        if constexpr (F16)
-            loadWeightFrags<4, 64, true>(f1, fragAddr<true, ZERO>(rowAddr, s1 * STAGE, sc), offs, sel);
-        else
-            loadWeightFrags<4, 64>(f1, rowAddr + s1 * STAGE, offs, sel, fragMult(sc));
+        loadWeightFrags<4, 64>(f1, rowAddr + s1 * STAGE, offs, sel, fragMult(sc));
         const uint32_t xs = sbase + s1 * STAGE + W_BYTES;
         wgmmaFence();  // f1 was written since the last fence
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if constexpr (F16)
-                wgmmaRsF16(acc, f1[j], descSw128(xs + j * 32), 1);
-            else
-                wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
-        }
+        for (int j = 0; j < 4; ++j) wgmmaRs(acc, f1[j], descSw128(xs + j * 32), 1);
         wgmmaCommit();
     }
     passTurn(cw);
     const int cn = c + (two ? 2 : 1);
     if (more) {
         mbarWait(fullBar + 8 * (cn % STAGES), (cn / STAGES) & 1);
-        if constexpr (F16)
-            loadWeightFrags<4, 64, true>(g0, fragAddr<true, ZERO>(rowAddr, (cn % STAGES) * STAGE, scNext), offs, sel);
-        else
-            loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * STAGE, offs, sel, fragMult(scNext));
+        loadWeightFrags<4, 64>(g0, rowAddr + (cn % STAGES) * STAGE, offs, sel, fragMult(scNext));
     }
     wgmmaWaitAll();
     fenceRegs(acc);
@@ -748,30 +638,15 @@ struct PersistShape {
     static constexpr int STAGE = W_BYTES + X_BYTES;
     static constexpr int BARS = STAGES * STAGE;
     static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;
-    // kWgmmaF16 only: a zeroed weight stage (the fragments of all-zero blocks), then the tile's token scales (T per
-    // consumer warpgroup).
-    static constexpr int ZERO = BARS + 1024;
-    static constexpr int TOKS = ZERO + W_BYTES;
-    static constexpr int SMEM_F16 = TOKS + 2 * T * 4 + 1024;
     static_assert(STAGE % 1024 == 0 && W_BYTES % 1024 == 0, "tiles must stay 1024-byte aligned");
-    static_assert(SMEM_F16 <= 227 * 1024, "shared memory over the sm_90 limit");
+    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 using WideShape = PersistShape<256>;
 
-// The F16 kernels' prologue: every thread zeroes part of the zero page (ordered before any read by the barrier of
-// initStageBarriers, which follows).
-template <class Sh>
-__device__ __forceinline__ void zeroPage(uint8_t* smem) {
-    uint4* z = reinterpret_cast<uint4*>(smem + Sh::ZERO);
-    for (int i = static_cast<int>(threadIdx.x); i < Sh::W_BYTES / 16; i += static_cast<int>(blockDim.x))
-        z[i] = make_uint4(0u, 0u, 0u, 0u);
-}
-
-template <bool F16>
 __global__ void __launch_bounds__(384, 1)
     wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
-                    int tilesT, const float* __restrict__ tokScale) {
+                    int tilesT) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WideShape;
     constexpr int STAGES = Sh::STAGES;
@@ -785,7 +660,6 @@ __global__ void __launch_bounds__(384, 1)
     const int tiles = tilesN * tilesT;
     auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, Sh::T, n0, m0); };
 
-    if constexpr (F16) zeroPage<Sh>(smem);
     initStageBarriers(fullBar, emptyBar, STAGES);
 
     const int wg = threadIdx.x >> 7;
@@ -815,7 +689,7 @@ __global__ void __launch_bounds__(384, 1)
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
     uint32_t offs[4], sel;
-    persistentFragOffsets<F16>(g, t, offs, sel);
+    persistentFragOffsets(g, t, offs, sel);
     waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
 
     // One 128-register accumulator (64 rows x 256 tokens). Per k-block (two stages, one scale) the warpgroup issues
@@ -837,23 +711,15 @@ __global__ void __launch_bounds__(384, 1)
         for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
         float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
         const int kBlocksTile = (kStages + 1) / 2;
-        TileTokScales<Sh::T> tsv;
-        if constexpr (F16) tsv.load(tokScale, m0, M, tid);
 
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            persistentKBlock<Sh::T, STAGES, Sh::STAGE, Sh::W_BYTES, F16, Sh::ZERO>(
-                acc, unit, c, kb, 2 * kb + 2 < kStages, kStages, sRow, sbase, fullBar, emptyBar, rowAddr, offs, sel,
-                cw, lane, f0, f1, g0);
+            persistentKBlock<Sh::T, STAGES, Sh::STAGE, Sh::W_BYTES>(acc, unit, c, kb, 2 * kb + 2 < kStages, kStages,
+                                                                    sRow, sbase, fullBar, emptyBar, rowAddr, offs,
+                                                                    sel, cw, lane, f0, f1, g0);
         };
 
         mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
-        if constexpr (F16) {
-            const float s0 = __ldg(sRow);
-            loadWeightFrags<4, 64, true>(fragA, fragAddr<true, Sh::ZERO>(rowAddr, (c % STAGES) * Sh::STAGE, s0), offs,
-                                         sel);
-        } else {
-            loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow)));
-        }
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow)));
 #pragma unroll 1
         for (int kb = 0; kb < kBlocksTile; kb += 2) {
             kblock(kb, fragA, fragB, fragC);
@@ -862,14 +728,7 @@ __global__ void __launch_bounds__(384, 1)
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
         // already in flight meanwhile.
-        if constexpr (F16 && !(TRT_GEMMA4_SOL & 128)) {
-            float* ts = reinterpret_cast<float*>(smem + Sh::TOKS) + cw * Sh::T;
-            tsv.publish(ts, tid, cw);
-            storeAccTile<Sh::T, true>(Y, acc, unit, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t, ts + 2 * t);
-            namedBarrier(2 + cw, 128);
-        } else {
-            storeAccTile<Sh::T>(Y, acc, unit, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
-        }
+        storeAccTile<Sh::T>(Y, acc, unit, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
     }
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
@@ -919,12 +778,11 @@ __device__ __forceinline__ void stRelease(int* p, int v) {
 }
 #endif
 
-template <int T, bool F16>
+template <int T>
 __global__ void __launch_bounds__(384, 1)
     wgmmaStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                           const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags,
-                          float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT,
-                          const float* __restrict__ tokScale) {
+                          float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = PersistShape<T>;
     constexpr int STAGES = Sh::STAGES;
@@ -938,7 +796,6 @@ __global__ void __launch_bounds__(384, 1)
     const int tiles = tilesN * tilesT;
     const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
     auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, T, n0, m0); };
-    if constexpr (F16) zeroPage<Sh>(smem);
     // Segment i of this CTA: k-blocks [kb0, kb1) of `tile`; false past the last one. Data-parallel: whole tiles
     // cta, cta + G, ...; stream-K: the same for all but the last one to two rounds' worth of tiles (so most of the
     // walk keeps the grouped order's L2 locality), then the pieces of the unit range [unitStart(cta),
@@ -994,7 +851,7 @@ __global__ void __launch_bounds__(384, 1)
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
     uint32_t offs[4], sel;
-    persistentFragOffsets<F16>(g, t, offs, sel);
+    persistentFragOffsets(g, t, offs, sel);
     waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
 
     // One T/2-register accumulator (64 rows x T tokens), k-blocks and fragment buffers as in the wide kernel.
@@ -1010,23 +867,15 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
         float unit = 0.f;  // the block scale acc is currently expressed in (0: nothing accumulated yet)
-        TileTokScales<T> tsv;
-        if constexpr (F16) tsv.load(tokScale, m0, M, tid);
 
         auto kblock = [&](int kb, uint32_t (&f0)[4][4], uint32_t (&f1)[4][4], uint32_t (&g0)[4][4]) {
-            persistentKBlock<T, STAGES, Sh::STAGE, Sh::W_BYTES, F16, Sh::ZERO>(acc, unit, c, kb, kb + 1 < kb1, kStages,
-                                                                          sRow, sbase, fullBar, emptyBar, rowAddr,
-                                                                          offs, sel, cw, lane, f0, f1, g0);
+            persistentKBlock<T, STAGES, Sh::STAGE, Sh::W_BYTES>(acc, unit, c, kb, kb + 1 < kb1, kStages, sRow, sbase,
+                                                                fullBar, emptyBar, rowAddr, offs, sel, cw, lane, f0,
+                                                                f1, g0);
         };
 
         mbarWait(fullBar + 8 * (c % STAGES), (c / STAGES) & 1);
-        if constexpr (F16) {
-            const float s0 = __ldg(sRow + kb0);
-            loadWeightFrags<4, 64, true>(fragA, fragAddr<true, Sh::ZERO>(rowAddr, (c % STAGES) * Sh::STAGE, s0), offs,
-                                         sel);
-        } else {
-            loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow + kb0)));
-        }
+        loadWeightFrags<4, 64>(fragA, rowAddr + (c % STAGES) * Sh::STAGE, offs, sel, fragMult(__ldg(sRow + kb0)));
 #pragma unroll 1
         for (int kb = kb0; kb < kb1; kb += 2) {
             kblock(kb, fragA, fragB, fragC);
@@ -1077,100 +926,13 @@ __global__ void __launch_bounds__(384, 1)
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
         // already in flight meanwhile.
-        if constexpr (F16 && !(TRT_GEMMA4_SOL & 128)) {
-            float* ts = reinterpret_cast<float*>(smem + Sh::TOKS) + cw * T;
-            tsv.publish(ts, tid, cw);
-            storeAccTile<T, true>(Y, acc, 1.f, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t, ts + 2 * t);
-            namedBarrier(2 + cw, 128);
-        } else {
-            storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
-        }
+        storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
     };
     int tile, kb0, kb1;
 #pragma unroll 1
     for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) runSegment(tile, kb0, kb1);
     if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     allowDependents();
-#elif defined(__CUDA_ARCH__)
-    __trap();
-#endif
-}
-
-// ---- kWgmmaF16: the activations' pre-pass --------------------------------------------------------------------
-// The FP16 form of the persistent kernels (kWgmmaF16) widens the FP8 weights with the hardware conversion
-// (cvt.rn.f16x2.e4m3x2, one instruction per pair instead of four: block_fp8_gemm_detail.cuh), which makes FP16
-// fragments; the wgmma then needs FP16 activations too. This pre-pass writes them: token row m becomes
-// x16[m, :] = x[m, :] · 2^-e_m in FP16, with e_m = ilogb(max_k |x[m, k]|) - 14, so that the row's largest magnitude
-// lands in [2^14, 2^15) under FP16's 65504. Scaling by a power of two is exact and FP16 has 11 significant bits to
-// BF16's 8, so every element of magnitude at least 2^-31 of the row's largest converts exactly (an FP16 subnormal
-// holds a BF16 value exactly down to 2^-17); smaller ones round to FP16's subnormal grid, off by at most 2^-39 of the
-// row's largest magnitude, far below the FP32 accumulation's rounding. tokScale[m] = 2^e_m is multiplied back in the
-// epilogue after the block scale (exact in the FP32 normal range), so wherever every element converts exactly the
-// products and FP32 sums are those of the BF16 kernel times 2^-e_m. A row of zeros gets e = 0; a row holding ±Inf is
-// converted unscaled (Inf and NaN propagate as in the BF16 kernels). One CTA of 256 threads per row; rows of up to
-// 16384 elements stay in registers between the maximum and the conversion.
-#ifdef TRT_GEMMA4_SM90A_DEVICE
-__device__ __forceinline__ float absMax8(const uint4& v, float m) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        m = fmaxf(m, fabsf(__uint_as_float(w[i] << 16)));
-        m = fmaxf(m, fabsf(__uint_as_float(w[i] & 0xFFFF0000u)));
-    }
-    return m;
-}
-__device__ __forceinline__ uint4 bf16x8ToF16x8(const uint4& v, float sa, float sb) {
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-    uint32_t o[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const __half2 h = __floats2half2_rn(__uint_as_float(w[i] << 16) * sa * sb,
-                                            __uint_as_float(w[i] & 0xFFFF0000u) * sa * sb);
-        o[i] = *reinterpret_cast<const uint32_t*>(&h);
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-#endif
-
-__global__ void __launch_bounds__(256) tokensToF16Kernel(const __nv_bfloat16* __restrict__ X, __half* __restrict__ X16,
-                                                         float* __restrict__ tokScale, int K) {
-#ifdef TRT_GEMMA4_SM90A_DEVICE
-    constexpr int kCache = 8;  // 16-byte pieces per thread kept in registers
-    const size_t row = blockIdx.x;
-    const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
-    uint4* y = reinterpret_cast<uint4*>(X16 + row * K);
-    const int pieces = K / 8;  // K % 16 == 0
-    waitForPrerequisite();     // X is the previous kernel's output
-    uint4 v[kCache];
-    float m = 0.f;
-#pragma unroll
-    for (int c = 0; c < kCache; ++c) {
-        const int i = static_cast<int>(threadIdx.x) + 256 * c;
-        if (i < pieces) {
-            v[c] = x[i];
-            m = absMax8(v[c], m);
-        }
-    }
-    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) m = absMax8(x[i], m);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
-    __shared__ float red[8];
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    m = red[0];
-#pragma unroll
-    for (int w = 1; w < 8; ++w) m = fmaxf(m, red[w]);
-    const int e = (m > 0.f && m <= 3.4028235e38f) ? ilogbf(m) - 14 : 0;
-    // 2^-e as two factors: e spans [-147, 113] (BF16 subnormals to the largest finite), 2^147 is past FP32.
-    const int ea = -e / 2;
-    const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, -e - ea);
-#pragma unroll
-    for (int c = 0; c < kCache; ++c) {
-        const int i = static_cast<int>(threadIdx.x) + 256 * c;
-        if (i < pieces) y[i] = bf16x8ToF16x8(v[c], sa, sb);
-    }
-    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) y[i] = bf16x8ToF16x8(x[i], sa, sb);
-    if (threadIdx.x == 0) tokScale[row] = ldexpf(1.f, e);
 #elif defined(__CUDA_ARCH__)
     __trap();
 #endif
@@ -1205,36 +967,32 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// F16: X is the pre-pass's FP16 copy and tokScale its powers of two.
-template <bool F16>
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
-                       cudaStream_t stream, const float* tokScale = nullptr) {
+                       cudaStream_t stream) {
     CUtensorMap tmW, tmX;
-    const CUtensorMapDataType xType = F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, xType, X, K, M, 2ull * K, 64, WideShape::T, CU_TENSOR_MAP_SWIZZLE_128B))
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
     if (tiles > 2147483647ll) return cudaErrorInvalidValue;
     const int grid = static_cast<int>(std::min<long long>(tiles, smCount()));
-    const int smem = F16 ? WideShape::SMEM_F16 : WideShape::SMEM;
     const cudaError_t err =
-        cudaFuncSetAttribute(wgmmaWideKernel<F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
     if (err != cudaSuccess) return err;
-    return launch(wgmmaWideKernel<F16>, dim3(grid), 384, smem, stream, tmW, tmX, S,
-                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT, tokScale);
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
 }
 
-// The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes. F16 as launchWide.
-template <int T, bool F16>
+// The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes.
+template <int T>
 cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem, int M,
-                          int N, int K, cudaStream_t stream, const float* tokScale = nullptr) {
+                          int N, int K, cudaStream_t stream) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
     CUtensorMap tmW, tmX;
-    const CUtensorMapDataType xType = F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, xType, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
@@ -1253,11 +1011,11 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
         err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
         if (err != cudaSuccess) return err;
     }
-    const int smem = F16 ? PersistShape<T>::SMEM_F16 : PersistShape<T>::SMEM;
-    err = cudaFuncSetAttribute(wgmmaStreamKKernel<T, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    err = cudaFuncSetAttribute(wgmmaStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               PersistShape<T>::SMEM);
     if (err != cudaSuccess) return err;
-    return launchEx(own && usePdl(), wgmmaStreamKKernel<T, F16>, dim3(grid), 384, smem, stream, tmW,
-                    tmX, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tokScale);
+    return launchEx(own && usePdl(), wgmmaStreamKKernel<T>, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX,
+                    S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT);
 }
 
 template <int T>
@@ -1303,42 +1061,13 @@ bool wgmmaAvailable() {
 
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
 
-namespace {
-size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
-}  // namespace
-
-size_t wgmmaF16Workspace(int M, int K, int tokTile, int splits) {
-    const size_t tokens = align256(static_cast<size_t>(M) * K * 2) + align256(static_cast<size_t>(M) * 4);
-    return tokens + (splits == 0 ? wgmmaStreamKWorkspace(tokTile) : 0);
-}
-
-cudaError_t launchWgmmaF16Gemm(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem,
-                               int M, int N, int K, int tokTile, int splits, cudaStream_t stream) {
-    if (!wgmmaAvailable()) return cudaErrorNotSupported;
-    if (workspace == nullptr) return cudaErrorInvalidValue;
-    const bool streamK = splits == 0 && (tokTile == 128 || tokTile == 256);
-    if (!streamK && !(splits == 1 && tokTile == 256)) return cudaErrorInvalidValue;
-    uint8_t* base = static_cast<uint8_t*>(workspace);
-    __half* x16 = reinterpret_cast<__half*>(base);
-    float* tokScale = reinterpret_cast<float*>(base + align256(static_cast<size_t>(M) * K * 2));
-    void* skWorkspace = base + align256(static_cast<size_t>(M) * K * 2) + align256(static_cast<size_t>(M) * 4);
-    if (!(TRT_GEMMA4_SOL & 256)) {
-    const cudaError_t err = launch(tokensToF16Kernel, dim3(static_cast<unsigned>(M)), 256, 0, stream,
-                                   static_cast<const __nv_bfloat16*>(X), x16, tokScale, K);
-    if (err != cudaSuccess) return err;
-    }
-    if (!streamK) return launchWide<true>(x16, W, S, Y, M, N, K, stream, tokScale);
-    if (tokTile == 256) return launchStreamK<256, true>(x16, W, S, Y, skWorkspace, sem, M, N, K, stream, tokScale);
-    return launchStreamK<128, true>(x16, W, S, Y, skWorkspace, sem, M, N, K, stream, tokScale);
-}
-
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
         if (partial == nullptr) return cudaErrorInvalidValue;
-        if (tokTile == 256) return launchStreamK<256, false>(X, W, S, Y, partial, sem, M, N, K, stream);
-        if (tokTile == 128) return launchStreamK<128, false>(X, W, S, Y, partial, sem, M, N, K, stream);
+        if (tokTile == 256) return launchStreamK<256>(X, W, S, Y, partial, sem, M, N, K, stream);
+        if (tokTile == 128) return launchStreamK<128>(X, W, S, Y, partial, sem, M, N, K, stream);
         return cudaErrorInvalidValue;
     }
     if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
@@ -1349,7 +1078,7 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
         case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
-            return launchWide<false>(X, W, S, Y, M, N, K, stream);
+            return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
 }
