@@ -416,7 +416,7 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                 for tile in (16, 32, 64, 128):
                     if tile > max(16, 2 * m):
                         continue
-                    for sp in (1, 2, 4, 8):
+                    for sp in args.tune_splits:
                         cands.append((3, tile, 1, 1, sp, 2))
                 if m >= 128:
                     cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
@@ -463,6 +463,13 @@ def main() -> None:
     p.add_argument("--tune-wgmma", action="store_true", help="--tune includes the sm_90a wgmma kernel")
     p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
     p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-5)")
+    p.add_argument(
+        "--tune-splits",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4, 8],
+        help="--tune-wgmma: split-K counts tried for the token-tile kernels (1..16)",
+    )
     p.add_argument(
         "--tune-warps",
         type=int,
