@@ -737,6 +737,231 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// ---- The converter-warp kernel (kWgmmaSs): the wide kernel's tiles with shared-memory (SS) wgmmas --------------
+// bench/NOTES_gemm.md v21 measured the wide kernel's consumers issuing 2.6x the instructions of cuBLAS's per cycle
+// (the fragments' loads and conversion beside the wgmmas; dispatch stalls) while using half of the shared-memory
+// rate cuBLAS uses. Here the producer warpgroup's warps 1-3 (converters) widen each stage's FP8 weight tile into a
+// BF16 tile in shared memory, in the wgmma's K-major 128-byte-swizzled layout (16-byte chunk c of 128-byte row r at
+// c ^ (r & 7), as the token tiles), and the consumers issue wgmmas with BOTH operands from shared memory: they only
+// wait, issue, rescale (the accumulator in units of the current block scale, as in the wide kernel) and store.
+// All-zero blocks (s = 0) become zero tiles in the converters. Barriers: full[s] (TMA bytes), empty[s] (8 consumer
+// warps + 3 converter warps release the TMA stage), cvtFull[b] (3 converter warps; after fence.proxy.async, so the
+// wgmma's async-proxy reads see the converters' stores), cvtEmpty[b] (8 consumer warps release the BF16 tile).
+// Stages of 64 k as in the wide kernel: 4 TMA stages (40 KB) and 4 BF16 tiles (16 KB).
+constexpr int kCvtWarps = 7;  // converter warps: warps 1-3 of warpgroup 0 and all of warpgroup 1
+struct SsShape {
+    static constexpr int T = 192;  // 96 accumulator registers: four warpgroups launch at 128 registers per thread
+    static constexpr int STAGES = 4;
+    static constexpr int NB = 4;                   // BF16 weight tiles
+    static constexpr int W_BYTES = kRows * 64;     // 8 KB FP8
+    static constexpr int X_BYTES = T * 128;        // [T][64] bf16
+    static constexpr int STAGE = W_BYTES + X_BYTES;
+    static constexpr int A_BYTES = kRows * 128;    // [128][64] bf16
+    static constexpr int A_BASE = STAGES * STAGE;
+    static constexpr int BARS = A_BASE + NB * A_BYTES;
+    static constexpr int SMEM = BARS + 2 * (STAGES + NB) * 8 + 1024;
+    static_assert(STAGE % 1024 == 0 && A_BASE % 1024 == 0 && A_BYTES % 1024 == 0, "tiles must stay 1024-aligned");
+    static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
+};
+
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+// wgmma m64n192k16, both operands from shared memory (K-major, 128-byte swizzle), FP32 accumulate.
+__device__ __forceinline__ void wgmmaSs(float (&d)[96], uint64_t descA, uint64_t descB) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(descA), "l"(descB), "r"(1));
+}
+
+__device__ __forceinline__ void sts128Addr(uint32_t a, uint32_t x, uint32_t y, uint32_t z, uint32_t w) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(a), "r"(x), "r"(y), "r"(z), "r"(w) : "memory");
+}
+__device__ __forceinline__ void lds128AddrSs(uint32_t (&r)[4], uint32_t a) {
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
+__global__ void __launch_bounds__(512, 1)
+    wgmmaSsKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                  const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
+                  int tilesT) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = SsShape;
+    constexpr int STAGES = Sh::STAGES, NB = Sh::NB;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t aBase = sbase + Sh::A_BASE;
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const uint32_t cvtFullBar = emptyBar + 8 * STAGES;
+    const uint32_t cvtEmptyBar = cvtFullBar + 8 * NB;
+    const int kBlocks = K / kKBlock;  // K % 128 == 0 (the launcher checks): two stages per k-block, so that the
+    const int kStages = 2 * kBlocks;  // consumers' second wgmma batch is unconditional (a branch around it: C7520)
+    const int tiles = tilesN * tilesT;
+    auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, Sh::T, n0, m0); };
+
+    if (threadIdx.x == 0) {
+#pragma unroll 1
+        for (int s = 0; s < STAGES; ++s) {
+            mbarInit(fullBar + 8 * s, 1);
+            mbarInit(emptyBar + 8 * s, 8 + kCvtWarps);
+        }
+#pragma unroll 1
+        for (int b = 0; b < NB; ++b) {
+            mbarInit(cvtFullBar + 8 * b, kCvtWarps);
+            mbarInit(cvtEmptyBar + 8 * b, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x >> 7;
+    const int lane = threadIdx.x & 31;
+    if (wg < 2) {
+        const int warp = threadIdx.x >> 5;
+        if (warp == 0) {
+            if (lane == 0) {
+                prefetchTensorMaps(&tmW, &tmX);
+                int c = 0;
+                bool waited = false;
+#pragma unroll 1
+                for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                    int n0, m0;
+                    tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                    for (int i = 0; i < kStages; ++i, ++c)
+                        produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar,
+                                                                      &tmW, &tmX);
+                }
+            }
+        } else {
+            // Converters: warps 1-7, 512 16-byte FP8 chunks per stage (128 rows x 4), each to two BF16 chunks.
+            const int ct = static_cast<int>(threadIdx.x) - 32;
+            const uint32_t sel01 = fp8PairSel(0, 1), sel23 = fp8PairSel(2, 3);
+            int c = 0;
+#pragma unroll 1
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int n0, m0;
+                tileOrigin(tile, n0, m0);
+                const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
+#pragma unroll 1
+                for (int i = 0; i < kStages; ++i, ++c) {
+                    const int s = c % STAGES, b = c % NB;
+                    const uint32_t mult = __ldg(sRow + (i >> 1)) != 0.f ? kBf16x2Pow120 : 0u;
+                    mbarWait(fullBar + 8 * s, (c / STAGES) & 1);
+                    if (c >= NB) mbarWait(cvtEmptyBar + 8 * b, ((c / NB) - 1) & 1);
+                    const uint32_t wSrc = sbase + s * Sh::STAGE;
+                    const uint32_t aDst = aBase + b * Sh::A_BYTES;
+#pragma unroll 3
+                    for (int q = ct; q < kRows * 4; q += 32 * kCvtWarps) {
+                        const int r = q >> 2, ch = q & 3;  // row, 16-byte FP8 chunk: k 16 ch .. 16 ch + 15
+                        uint32_t v[4];
+                        lds128AddrSs(v, wSrc + r * 64 + ((ch ^ ((r >> 1) & 3)) << 4));
+                        uint32_t o[8];
+#pragma unroll
+                        for (int w = 0; w < 4; ++w) {
+                            o[2 * w] = bf16x2Mul(fp8PairToBf16x2(v[w], 0u, sel01), mult);
+                            o[2 * w + 1] = bf16x2Mul(fp8PairToBf16x2(v[w], 0u, sel23), mult);
+                        }
+                        const uint32_t row = aDst + r * 128;
+                        sts128Addr(row + (((2 * ch) ^ (r & 7)) << 4), o[0], o[1], o[2], o[3]);
+                        sts128Addr(row + (((2 * ch + 1) ^ (r & 7)) << 4), o[4], o[5], o[6], o[7]);
+                    }
+                    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // stores -> the wgmma's reads
+                    __syncwarp();
+                    if (lane == 0) {
+                        mbarArrive(cvtFullBar + 8 * b);
+                        mbarArrive(emptyBar + 8 * s);  // the FP8 part of the stage is consumed
+                    }
+                }
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    const int cw = wg - 2;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, g = lane >> 2, t = lane & 3;
+    waitForPrerequisite();  // before the first store (the producer's activation loads already waited)
+
+    float acc[Sh::T / 2];
+    int c = 0;
+    if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int n0, m0;
+        tileOrigin(tile, n0, m0);
+        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
+#pragma unroll
+        for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
+        float unit = 0.f;
+        const int kBlocksTile = kBlocks;
+#pragma unroll 1
+        for (int kb = 0; kb < kBlocksTile; ++kb) {
+            const float sc = __ldg(sRow + kb);
+            const int s0 = c % STAGES, s1 = (c + 1) % STAGES, b0 = c % NB, b1 = (c + 1) % NB;
+            if (sc != 0.f && sc != unit) {
+                if (unit != 0.f) {
+                    const float ratio = unit / sc;
+#pragma unroll
+                    for (int r = 0; r < Sh::T / 2; ++r) acc[r] *= ratio;
+                }
+                unit = sc;
+            }
+            fenceRegs(acc);
+            waitTurn(cw);
+            mbarWait(fullBar + 8 * s0, (c / STAGES) & 1);
+            mbarWait(cvtFullBar + 8 * b0, (c / NB) & 1);
+            wgmmaFence();
+            {
+                const uint32_t xs = sbase + s0 * Sh::STAGE + Sh::W_BYTES;
+                const uint32_t as = aBase + b0 * Sh::A_BYTES + cw * (Sh::A_BYTES / 2);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaSs(acc, descSw128(as + j * 32), descSw128(xs + j * 32));
+            }
+            {
+                mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
+                mbarWait(cvtFullBar + 8 * b1, ((c + 1) / NB) & 1);
+                wgmmaFence();
+                const uint32_t xs = sbase + s1 * Sh::STAGE + Sh::W_BYTES;
+                const uint32_t as = aBase + b1 * Sh::A_BYTES + cw * (Sh::A_BYTES / 2);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) wgmmaSs(acc, descSw128(as + j * 32), descSw128(xs + j * 32));
+            }
+            wgmmaCommit();
+            passTurn(cw);
+            wgmmaWaitAll();
+            fenceRegs(acc);
+            __syncwarp();
+            if (lane == 0) {
+                mbarArrive(emptyBar + 8 * s0);
+                mbarArrive(cvtEmptyBar + 8 * b0);
+                mbarArrive(emptyBar + 8 * s1);
+                mbarArrive(cvtEmptyBar + 8 * b1);
+            }
+            c += 2;
+        }
+        storeAccTile<Sh::T>(Y, acc, unit, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t);
+    }
+    if (cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+    allowDependents();
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
 // ---- Stream-K: the wide kernel's loop over pieces of tiles, for mid M -----------------------------------------
 // Where the tile count leaves the last round of a data-parallel walk mostly empty (68 row tiles of N = 8704 on 132
 // SMs, say), the grid's G CTAs walk whole tiles for all but the last one to two rounds (dpRounds = tiles / G - 1),
@@ -985,6 +1210,24 @@ cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y,
                   static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
 }
 
+cudaError_t launchSs(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
+                     cudaStream_t stream) {
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, SsShape::T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + SsShape::T - 1) / SsShape::T;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    if (tiles > 2147483647ll) return cudaErrorInvalidValue;
+    const int grid = static_cast<int>(std::min<long long>(tiles, smCount()));
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaSsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SsShape::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(wgmmaSsKernel, dim3(grid), 512, SsShape::SMEM, stream, tmW, tmX, S, static_cast<__nv_bfloat16*>(Y),
+                  M, N, K, tilesN, tilesT);
+}
+
 // The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes.
 template <int T>
 cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem, int M,
@@ -1060,6 +1303,13 @@ bool wgmmaAvailable() {
 }
 
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
+
+cudaError_t launchWgmmaSsGemm(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
+                              int tokTile, int splits, cudaStream_t stream) {
+    if (!wgmmaAvailable()) return cudaErrorNotSupported;
+    if (tokTile != SsShape::T || splits != 1 || K % kKBlock != 0) return cudaErrorInvalidValue;
+    return launchSs(X, W, S, Y, M, N, K, stream);
+}
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream) {
