@@ -1348,8 +1348,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
                               config.splits, stream);
-    } else if (config.kernel == BlockFp8GemmKernel::kWgmmaSs) {
-        return launchWgmmaSsGemm(X, W, S, Y, M, N, K, config.tile, config.splits, stream);
     } else {
         return cudaErrorInvalidValue;
     }

@@ -53,9 +53,6 @@ enum class BlockFp8GemmKernel : int {
                   // chosen by the default dispatch (hand-set configurations only)
     kStreamSmem = 5,  // kStream with the weights and scales in flight in a per-warp shared-memory ring (cp.async)
                       // instead of registers; same fields and same results bit for bit (sm_80+)
-    kWgmmaSs = 6,     // sm_90a only: a persistent 192-token kernel with converter warps writing the BF16 weight
-                      // tiles to shared memory and wgmmas reading both operands from there (tile 192, splits 1,
-                      // K % 128 == 0)
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.

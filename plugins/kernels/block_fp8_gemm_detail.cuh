@@ -177,10 +177,5 @@ size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream);
 
-// kWgmmaSs: converter warps widen the weights into shared memory, the consumers' wgmmas read both operands from
-// there (tokTile 256, splits 1 only).
-cudaError_t launchWgmmaSsGemm(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
-                              int tokTile, int splits, cudaStream_t stream);
-
 }  // namespace detail
 }  // namespace trt_gemma4
