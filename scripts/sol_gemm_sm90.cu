@@ -149,8 +149,7 @@ int main(int argc, char** argv) {
             for (size_t i = 0; i < hs.size(); ++i) hs[i] = 1e-3f * (1.f + 0.001f * float(i % 97));
             CHECK(cudaMemcpy(S, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
             trt_gemma4::BlockFp8GemmConfig c;
-            const char* kern = std::getenv("SOL_KERNEL");  // BlockFp8GemmKernel number, default 3 (kWgmma)
-            c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(kern != nullptr ? std::atoi(kern) : 3);
+            c.kernel = trt_gemma4::BlockFp8GemmKernel::kWgmma;
             c.tile = tile;
             c.splits = splits;
             const size_t wsBytes = trt_gemma4::blockFp8WoGemmWorkspaceFor(c, M, N, K);
@@ -188,9 +187,9 @@ int main(int argc, char** argv) {
             }
             CHECK(cudaDeviceSynchronize());
             std::printf(
-                "{\"probe\": %d, \"kernel\": %d, \"data\": \"%s\", \"shape\": \"%s\", \"M\": %d, \"tile\": %d, \"splits\": %d, \"ours_us\": %.2f, "
+                "{\"probe\": %d, \"data\": \"%s\", \"shape\": \"%s\", \"M\": %d, \"tile\": %d, \"splits\": %d, \"ours_us\": %.2f, "
                 "\"cublas_us\": %.2f, \"ratio\": %.3f, \"prepass_us\": %.2f}\n",
-                TRT_GEMMA4_SOL, static_cast<int>(c.kernel), data != nullptr ? data : "bytes", s.name, M, tile, splits, ours, cublas, cublas / ours, prepass);
+                TRT_GEMMA4_SOL, data != nullptr ? data : "bytes", s.name, M, tile, splits, ours, cublas, cublas / ours, prepass);
             std::fflush(stdout);
             cudaFree(X);
             cudaFree(W);
