@@ -45,6 +45,7 @@
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <atomic>
@@ -188,6 +189,41 @@ __device__ __forceinline__ void wgmmaRs(float (&d)[128], const uint32_t (&a)[4],
         "{\n.reg .pred p;\n"
         "setp.ne.b32 p, %133, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+// The same with FP16 operands, for the folded-scale kernel (wgmmaFoldKernel below).
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[128], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
@@ -938,6 +974,325 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// ---- The folded-scale kernel (kWgmmaFold): FP16 operands, the block scale inside the weights, for large M ----------
+// The wide kernel's k-block boundary is a full stop for its warpgroup: the wgmmas must finish before the
+// accumulator is rescaled to the next block scale, and the conversion (4 instructions per FP8 pair) and the rescale
+// sit on that path (bench/NOTES_gemm.md v14, v21: the tensor pipe 80% busy against cuBLAS's 95%). Here the scale goes
+// into the weights instead, in FP16, so one accumulator runs through the whole K without a stop:
+//   * a pre-pass (foldPrepassKernel) writes the activations as FP16, token row m times 2^-e_m (e_m = ilogb of the
+//     row's largest magnitude - 14: exact for every element within 2^-31 of the row's largest; smaller ones round to
+//     FP16's subnormal grid, off by at most 2^-39 of it), and per 128-row block nb of W the block scales as FP16,
+//     s16[nb][kb] = fp16(s[nb][kb] · 2^(6 - E_nb)) with E_nb = ilogb of the row block's largest scale (so every q·s16
+//     is below 448 · 2^7 = 57344, under FP16's 65504);
+//   * each FP8 pair becomes FP16 in one instruction (cvt.rn.f16x2.e4m3x2, exact: every E4M3 value is an FP16
+//     value) and is multiplied by its block's s16 (one HMUL2): w16 = fp16(q · s16);
+//   * the FP16 wgmmas accumulate x16 · w16 in FP32 (products exact), and the store multiplies by 2^(E_nb - 6) and
+//     the token's 2^e_m (exact).
+// Numerics: w·s IS rounded, to FP16 (11 significant bits: two roundings of at most 2^-12 relative each, the scale's
+// and the product's, against BF16's 2^-9), after a power of two per 128-row block; weights under ~2^-24 of their
+// row block's largest magnitude fall into FP16's subnormal range (absolute error at most 2^-25 of that largest).
+// The block scales of a row block must lie in FP32's normal range (any real checkpoint: s = amax / 448).
+// Everything else (stages, swizzles, producer, persistent grouped walk, one CTA per SM, 128 rows x 256 tokens)
+// is the wide kernel's. Per 64-k stage a consumer warpgroup converts, issues its 4 wgmmas and waits only for the
+// PREVIOUS stage's batch (wgmma.wait_group 1), whose fragment registers the next conversion then reuses: the tensor
+// pipe always holds one batch per warpgroup while the next is converted.
+using FoldShape = PersistShape<256>;
+// Shared memory: the wide kernel's, plus the tile's token multipliers (256 floats per consumer warpgroup) right
+// after the barriers.
+constexpr int kFoldToks = FoldShape::BARS + 2 * FoldShape::STAGES * 8;
+constexpr int kFoldSmem = kFoldToks + 2 * FoldShape::T * 4 + 1024;
+static_assert(kFoldToks % 16 == 0 && kFoldSmem <= 227 * 1024, "folded-scale kernel: shared memory layout");
+
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ uint16_t lds16(uint32_t addr) {
+    uint16_t v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+    return v;
+}
+// (q0, q1) -> FP16 (q0, q1) · (s, s): the hardware conversion (exact) and one FP16 multiply.
+__device__ __forceinline__ uint32_t e4m3x2ToScaledF16x2(uint16_t v, uint32_t s2) {
+    uint32_t d;
+    asm("{\n.reg .b32 h;\ncvt.rn.f16x2.e4m3x2 h, %1;\nmul.rn.f16x2 %0, h, %2;\n}" : "=r"(d) : "h"(v), "r"(s2));
+    return d;
+}
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// A tile's token multipliers: each consumer thread loads T / 128 of them at the tile's start (their latency hides
+// behind the main loop); they meet in shared memory (ts: the warpgroup's T floats) just before the store. Read from
+// global memory in the store instead, they cost 17% at M = 8192 (H200, qkv: 816 vs 679 µs, NOTES v21).
+template <int T>
+struct TileTokMuls {
+    float v[T / 128];
+    __device__ __forceinline__ void load(const float* __restrict__ tokMul, int m0, int M, int tid) {
+#pragma unroll
+        for (int i = 0; i < T / 128; ++i) v[i] = m0 + tid + 128 * i < M ? __ldg(tokMul + m0 + tid + 128 * i) : 1.f;
+    }
+    __device__ __forceinline__ void publish(float* ts, int tid, int cw) const {
+#pragma unroll
+        for (int i = 0; i < T / 128; ++i) ts[tid + 128 * i] = v[i];
+        namedBarrier(2 + cw, 128);
+    }
+};
+
+// storeAccTile with a multiplier per token as well: ts[8j] for token m + 8j, ts[8j + 1] for m + 8j + 1, applied
+// after `scale` (both powers of two: exact).
+template <int T>
+__device__ __forceinline__ void storeAccTileTok(__nv_bfloat16* __restrict__ Y, const float (&acc)[T / 2], float scale,
+                                                int M, int N, int n, int m, const float* ts) {
+#pragma unroll
+    for (int j = 0; j < T / 8; ++j) {
+        const int mj = m + 8 * j;
+        if (mj < M) {
+            const float t0 = ts[8 * j];
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * scale * t0);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * scale * t0);
+        }
+        if (mj + 1 < M) {
+            const float t1 = ts[8 * j + 1];
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj + 1) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * scale * t1);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * scale * t1);
+        }
+    }
+}
+
+// One 64-k stage's weight fragments (4 k steps) of this thread as FP16 times the block scale: the thread's pairs
+// are 16-bit words at offs[j] (row g) and offs[j] + 8 (k + 8), and 8 rows further (row g + 8).
+__device__ __forceinline__ void loadFoldFrags(uint32_t (&a)[4][4], uint32_t rowAddr, const uint32_t (&offs)[4],
+                                              uint32_t s2) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const uint32_t p0 = rowAddr + offs[j], p1 = p0 + 8 * 64;
+        a[j][0] = e4m3x2ToScaledF16x2(lds16(p0), s2);
+        a[j][2] = e4m3x2ToScaledF16x2(lds16(p0 + 8), s2);
+        a[j][1] = e4m3x2ToScaledF16x2(lds16(p1), s2);
+        a[j][3] = e4m3x2ToScaledF16x2(lds16(p1 + 8), s2);
+    }
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
+__global__ void __launch_bounds__(384, 1)
+    wgmmaFoldKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                    const __half* __restrict__ s16, const float* __restrict__ rowMul,
+                    const float* __restrict__ tokMul, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
+                    int tilesT) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = FoldShape;
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const int kStages = (K + 63) / 64;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int tiles = tilesN * tilesT;
+    auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, Sh::T, n0, m0); };
+
+    initStageBarriers(fullBar, emptyBar, STAGES);
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            prefetchTensorMaps(&tmW, &tmX);
+            int c = 0;
+            bool waited = false;
+#pragma unroll 1
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int n0, m0;
+                tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                for (int i = 0; i < kStages; ++i, ++c)
+                    produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar, &tmW,
+                                                                  &tmX);
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 64;
+    uint32_t offs[4];  // 64-byte swizzle (see persistentFragOffsets), then the thread's byte pair 2t, 2t+1
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        offs[j] = (static_cast<uint32_t>(j ^ ((g >> 1) & 3)) << 4) + static_cast<uint32_t>(2 * t);
+    float* ts = reinterpret_cast<float*>(smem + kFoldToks) + cw * Sh::T;
+    waitForPrerequisite();  // the pre-pass's outputs (x16, s16, the multipliers) are read from here on
+
+    float acc[Sh::T / 2];
+    uint32_t fragA[4][4], fragB[4][4];
+    int c = 0;  // stage counter, continuous across tiles (the producer's)
+#pragma unroll 1
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int n0, m0;
+        tileOrigin(tile, n0, m0);
+        const unsigned short* sRow = reinterpret_cast<const unsigned short*>(s16) + static_cast<size_t>(n0 / kRows) * kBlocks;
+        const float rm = __ldg(rowMul + n0 / kRows);
+        TileTokMuls<Sh::T> tm;
+        tm.load(tokMul, m0, M, tid);
+#pragma unroll
+        for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
+
+        // Stage i of the tile (stage counter c + i): wait for its bytes, convert its weights into f.
+        auto convert = [&](int i, uint32_t (&f)[4][4]) {
+            const int cc = c + i, s = cc % STAGES;
+            const uint32_t h = __ldg(sRow + (i >> 1));
+            mbarWait(fullBar + 8 * s, (cc / STAGES) & 1);
+            loadFoldFrags(f, rowAddr + s * Sh::STAGE, offs, h | (h << 16));
+        };
+        auto issue = [&](int i, uint32_t (&f)[4][4]) {
+            const uint32_t xs = sbase + ((c + i) % STAGES) * Sh::STAGE + Sh::W_BYTES;
+            fenceRegs(acc);
+            wgmmaFence();
+#pragma unroll
+            for (int j = 0; j < 4; ++j) wgmmaRsF16(acc, f[j], descSw128(xs + j * 32), 1);
+            wgmmaCommit();
+        };
+        auto release = [&](int i) {
+            __syncwarp();
+            if (lane == 0) mbarArrive(emptyBar + 8 * ((c + i) % STAGES));
+        };
+
+        convert(0, fragA);
+#pragma unroll 1
+        for (int i = 0; i < kStages; i += 2) {
+            issue(i, fragA);
+            wgmmaWait<1>();  // stage i - 1's batch is done: its stage and fragB are free
+            fenceFrags(fragB);
+            if (i > 0) release(i - 1);
+            if (i + 1 < kStages) {
+                convert(i + 1, fragB);
+                issue(i + 1, fragB);
+                wgmmaWait<1>();  // stage i's batch is done: its stage and fragA are free
+                fenceFrags(fragA);
+                release(i);
+                if (i + 2 < kStages) convert(i + 2, fragA);
+            }
+        }
+        wgmmaWait<0>();
+        fenceRegs(acc);
+        fenceFrags(fragA);
+        fenceFrags(fragB);
+        release(kStages - 1);
+        c += kStages;
+
+        tm.publish(ts, tid, cw);
+        storeAccTileTok<Sh::T>(Y, acc, rm, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t, ts + 2 * t);
+        namedBarrier(2 + cw, 128);  // every thread has read ts: the next tile may overwrite it
+    }
+    allowDependents();
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// The pre-pass of kWgmmaFold (see above). Blocks 0 .. M-1: token row m of X -> x16[m] and tokMul[m] = 2^e_m (a row
+// of zeros gets e = 0; a row holding ±Inf or NaN is converted unscaled, so they propagate). Blocks M .. M+nbN-1:
+// row block nb of S -> s16[nb][:] and rowMul[nb] = 2^(E_nb - 6) (a row block of zero scales gets E = 0).
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ float absMaxBf16x8(const uint4& v, float m) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] << 16)));
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] & 0xFFFF0000u)));
+    }
+    return m;
+}
+// 8 BF16 -> 8 FP16 times sa·sb (two factors: 2^-e spans up to 2^147, past FP32).
+__device__ __forceinline__ uint4 bf16x8ToF16x8(const uint4& v, float sa, float sb) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __half2 h = __floats2half2_rn(__uint_as_float(w[i] << 16) * sa * sb,
+                                            __uint_as_float(w[i] & 0xFFFF0000u) * sa * sb);
+        o[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+// The block-wide maximum of m (256 threads).
+__device__ __forceinline__ float blockMax256(float m) {
+    __shared__ float red[8];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = red[0];
+#pragma unroll
+    for (int w = 1; w < 8; ++w) m = fmaxf(m, red[w]);
+    return m;
+}
+#endif
+
+__global__ void __launch_bounds__(256)
+    foldPrepassKernel(const __nv_bfloat16* __restrict__ X, const float* __restrict__ S, __half* __restrict__ x16,
+                      float* __restrict__ tokMul, __half* __restrict__ s16, float* __restrict__ rowMul, int M, int K,
+                      int kBlocks) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    allowDependents();  // the GEMM's CTAs may take SMs as ours leave (it waits for our completion before reading)
+    const int b = static_cast<int>(blockIdx.x);
+    if (b >= M) {
+        // A row block of scales (constants: read before the wait, written after it like every output).
+        const int nb = b - M;
+        const float* s = S + static_cast<size_t>(nb) * kBlocks;
+        float m = 0.f;
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256) {
+            const float v = fabsf(__ldg(s + i));
+            if (v <= 3.4028235e38f) m = fmaxf(m, v);
+        }
+        m = blockMax256(m);
+        const int e = m > 0.f ? ilogbf(m) : 0;
+        const int ea = (6 - e) / 2;
+        const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, 6 - e - ea);
+        waitForPrerequisite();
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256)
+            s16[static_cast<size_t>(nb) * kBlocks + i] = __float2half_rn(__ldg(s + i) * sa * sb);
+        if (threadIdx.x == 0) rowMul[nb] = ldexpf(1.f, e - 6);
+        return;
+    }
+    constexpr int kCache = 8;  // 16-byte pieces per thread kept in registers between the maximum and the conversion
+    const size_t row = static_cast<size_t>(b);
+    const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+    uint4* y = reinterpret_cast<uint4*>(x16 + row * K);
+    const int pieces = K / 8;  // K % 16 == 0
+    waitForPrerequisite();     // X is the previous kernel's output
+    uint4 v[kCache];
+    float m = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) {
+            v[c] = x[i];
+            m = absMaxBf16x8(v[c], m);
+        }
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) m = absMaxBf16x8(x[i], m);
+    m = blockMax256(m);
+    const int e = (m > 0.f && m <= 3.4028235e38f) ? ilogbf(m) - 14 : 0;
+    const int ea = -e / 2;
+    const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, -e - ea);
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) y[i] = bf16x8ToF16x8(v[c], sa, sb);
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) y[i] = bf16x8ToF16x8(x[i], sa, sb);
+    if (threadIdx.x == 0) tokMul[row] = ldexpf(1.f, e);
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
 // ---- host ------------------------------------------------------------------------------------------------------
 
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -1081,6 +1436,51 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
             return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+namespace {
+size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
+}  // namespace
+
+// kWgmmaFold workspace: x16 [M][K] FP16, tokMul [M], s16 [nbN][kBlocks] FP16, rowMul [nbN] (each 256-byte aligned).
+size_t wgmmaFoldWorkspace(int M, int N, int K) {
+    const size_t nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    return align256(static_cast<size_t>(M) * K * 2) + align256(static_cast<size_t>(M) * 4) + align256(nbN * kBlocks * 2) +
+           align256(nbN * 4);
+}
+
+cudaError_t launchWgmmaFoldGemm(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int M,
+                                int N, int K, cudaStream_t stream) {
+    if (!wgmmaAvailable()) return cudaErrorNotSupported;
+    if (workspace == nullptr) return cudaErrorInvalidValue;
+    const int nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    if (static_cast<long long>(M) + nbN > 2147483647ll) return cudaErrorInvalidValue;
+    uint8_t* p = static_cast<uint8_t*>(workspace);
+    __half* x16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(M) * K * 2);
+    float* tokMul = reinterpret_cast<float*>(p);
+    p += align256(static_cast<size_t>(M) * 4);
+    __half* s16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(nbN) * kBlocks * 2);
+    float* rowMul = reinterpret_cast<float*>(p);
+
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, x16, K, M, 2ull * K, 64, FoldShape::T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const int tilesN = nbN, tilesT = (M + FoldShape::T - 1) / FoldShape::T;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    if (tiles > 2147483647ll) return cudaErrorInvalidValue;
+    cudaError_t err = launch(foldPrepassKernel, dim3(static_cast<unsigned>(M + nbN)), 256, 0, stream,
+                             static_cast<const __nv_bfloat16*>(X), S, x16, tokMul, s16, rowMul, M, K, kBlocks);
+    if (err != cudaSuccess) return err;
+    err = cudaFuncSetAttribute(wgmmaFoldKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kFoldSmem);
+    if (err != cudaSuccess) return err;
+    const int grid = static_cast<int>(std::min<long long>(tiles, smCount()));
+    return launch(wgmmaFoldKernel, dim3(grid), 384, kFoldSmem, stream, tmW, tmX, static_cast<const __half*>(s16),
+                  static_cast<const float*>(rowMul), static_cast<const float*>(tokMul),
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
 }
 
 }  // namespace detail
