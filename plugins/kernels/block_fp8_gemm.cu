@@ -1098,17 +1098,6 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
         return c;
     }
-    // The folded-scale kernel (kWgmmaFold: FP16 operands, the block scale inside the weights, no stop per k-block)
-    // where its activation pre-pass (4·M·K bytes, 1/N of the GEMM's work) is small: N >= 8192 with K >= 2048 (short
-    // K: per-tile fill and store weigh more). Measured per shape and M (bench/NOTES_gemm.md v22): ahead for N >= 16384
-    // at M = 256-4096 (there also ahead of stream-K) but not at M = 8192, and for N = 8192-8704 from M = 4096; behind
-    // on every N = 3840 shape (the pre-pass is 9-12% of those GEMMs) and the drafter's K = 1024 shapes.
-    if (K >= 2048 && ((N >= 16384 && M >= 256 && M <= 4096) || (N >= 8192 && N < 16384 && M >= 4096))) {
-        c.kernel = BlockFp8GemmKernel::kWgmmaFold;
-        c.tile = 256;
-        c.splits = 1;
-        return c;
-    }
     // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk
     // of 256-token tiles would leave its last round at most 60% full (N = 8704: 68 row tiles on 132 SMs), given at
     // least half a round and fewer than 8 rounds of tiles. The stream-K instantiation runs each k-block ~7% slower

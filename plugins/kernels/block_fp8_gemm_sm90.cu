@@ -1142,16 +1142,12 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < Sh::T / 2; ++r) acc[r] = 0.f;
 
-        // Stage i of the tile (stage counter c + i): wait for its bytes, convert its weights into f with the
-        // k-block's scale pair s2.
-        auto scalePair = [&](int kb) {
-            const uint32_t h = __ldg(sRow + kb);
-            return h | (h << 16);
-        };
-        auto convert = [&](int i, uint32_t (&f)[4][4], uint32_t s2) {
+        // Stage i of the tile (stage counter c + i): wait for its bytes, convert its weights into f.
+        auto convert = [&](int i, uint32_t (&f)[4][4]) {
             const int cc = c + i, s = cc % STAGES;
+            const uint32_t h = __ldg(sRow + (i >> 1));
             mbarWait(fullBar + 8 * s, (cc / STAGES) & 1);
-            loadFoldFrags(f, rowAddr + s * Sh::STAGE, offs, s2);
+            loadFoldFrags(f, rowAddr + s * Sh::STAGE, offs, h | (h << 16));
         };
         auto issue = [&](int i, uint32_t (&f)[4][4]) {
             const uint32_t xs = sbase + ((c + i) % STAGES) * Sh::STAGE + Sh::W_BYTES;
@@ -1166,25 +1162,21 @@ __global__ void __launch_bounds__(384, 1)
             if (lane == 0) mbarArrive(emptyBar + 8 * ((c + i) % STAGES));
         };
 
-        // Two stages (one k-block, one scale) per iteration; the next k-block's scale is requested a k-block ahead.
-        uint32_t sc = scalePair(0);
-        convert(0, fragA, sc);
+        convert(0, fragA);
 #pragma unroll 1
         for (int i = 0; i < kStages; i += 2) {
-            const uint32_t scNext = i + 2 < kStages ? scalePair((i >> 1) + 1) : 0u;
             issue(i, fragA);
             wgmmaWait<1>();  // stage i - 1's batch is done: its stage and fragB are free
             fenceFrags(fragB);
             if (i > 0) release(i - 1);
             if (i + 1 < kStages) {
-                convert(i + 1, fragB, sc);
+                convert(i + 1, fragB);
                 issue(i + 1, fragB);
                 wgmmaWait<1>();  // stage i's batch is done: its stage and fragA are free
                 fenceFrags(fragA);
                 release(i);
-                if (i + 2 < kStages) convert(i + 2, fragA, scNext);
+                if (i + 2 < kStages) convert(i + 2, fragA);
             }
-            sc = scNext;
         }
         wgmmaWait<0>();
         fenceRegs(acc);
