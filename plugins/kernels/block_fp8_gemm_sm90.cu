@@ -45,6 +45,7 @@
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <atomic>
@@ -214,6 +215,59 @@ __device__ __forceinline__ void wgmmaRs(float (&d)[128], const uint32_t (&a)[4],
           "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
           "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+// The same with FP16 operands (the folded-scale kernel below).
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[8], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7"
+        "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[16], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[32], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[64], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
 }
 
@@ -938,6 +992,337 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// ---- The folded-scale token-tile kernel (kWgmmaFold, M <= 128-ish): FP16 operands, the scale inside the weights --
+// wgmmaGemmKernel's per-k-block promotion (fresh partial accumulators, wait, acc += s · partial) and its conversion
+// (4 instructions per FP8 pair) sit on each consumer warpgroup's path once per k-block. Here the block scale goes
+// into the weights instead, in FP16, so one accumulator runs through the CTA's whole k range with no stop:
+//   * a pre-pass (foldPrepassKernel) writes the activations as FP16, token row m times 2^-e_m (e_m = ilogb of the
+//     row's largest magnitude - 14: exact for every element within 2^-31 of the row's largest; smaller ones round to
+//     FP16's subnormal grid, off by at most 2^-39 of it), and per 128-row block nb of W the block scales as FP16,
+//     s16[nb][kb] = fp16(s[nb][kb] · 2^(6 - E_nb)) with E_nb = ilogb of the row block's largest scale (so every
+//     q · s16 is below 448 · 2^7 = 57344, under FP16's 65504);
+//   * each FP8 pair becomes FP16 in one instruction (cvt.rn.f16x2.e4m3x2, exact: every E4M3 value is an FP16 value)
+//     and is multiplied by its block's s16 (one HMUL2): w16 = fp16(q · s16);
+//   * the FP16 wgmmas accumulate x16 · w16 in FP32 (products exact); the store (or the split's FP32 partial)
+//     multiplies by 2^(E_nb - 6) and the token's 2^e_m (exact).
+// Numerics: w·s IS rounded, to FP16 (11 significant bits: two roundings of at most 2^-12 relative each, the scale's
+// and the product's, against BF16's 2^-9), after a power of two per 128-row block; weights under ~2^-24 of their
+// row block's largest fall into FP16's subnormal range (absolute error at most 2^-25 of that largest). The block
+// scales of a row block must lie in FP32's normal range (any real checkpoint: s = amax / 448).
+// Everything else (stages of one 128-k block, swizzles, producer, tiles, split-K partials and the reduce pass) is
+// wgmmaGemmKernel's. Per k-block a consumer warpgroup converts, issues its 8 wgmmas and waits only for the PREVIOUS
+// k-block's batch (wgmma.wait_group 1), whose fragment registers the next conversion then reuses.
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ uint16_t lds16(uint32_t addr) {
+    uint16_t v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+    return v;
+}
+// (q0, q1) -> FP16 (q0, q1) · (s, s): the hardware conversion (exact) and one FP16 multiply.
+__device__ __forceinline__ uint32_t e4m3x2ToScaledF16x2(uint16_t v, uint32_t s2) {
+    uint32_t d;
+    asm("{\n.reg .b32 h;\ncvt.rn.f16x2.e4m3x2 h, %1;\nmul.rn.f16x2 %0, h, %2;\n}" : "=r"(d) : "h"(v), "r"(s2));
+    return d;
+}
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// One k-block's weight fragments (8 k steps) of this thread as FP16 times the block scale pair s2, from the
+// [128 rows][128 B] stage with the 128-byte swizzle: the thread's pairs are 16-bit words at offs[j] (row g) and
+// offs[j] + 8 (k + 8), and 8 rows further (row g + 8: the same swizzle XOR).
+__device__ __forceinline__ void loadFoldFrags(uint32_t (&a)[8][4], uint32_t rowAddr, const uint32_t (&offs)[8],
+                                              uint32_t s2) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const uint32_t p0 = rowAddr + offs[j], p1 = p0 + 8 * 128;
+        a[j][0] = e4m3x2ToScaledF16x2(lds16(p0), s2);
+        a[j][2] = e4m3x2ToScaledF16x2(lds16(p0 + 8), s2);
+        a[j][1] = e4m3x2ToScaledF16x2(lds16(p1), s2);
+        a[j][3] = e4m3x2ToScaledF16x2(lds16(p1 + 8), s2);
+    }
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
+// Token multipliers staged after the epilogue's BF16 tiles: T floats per consumer warpgroup.
+template <int T>
+constexpr int foldTokOffset() {
+    return 2 * T * WgShape<T>::EPI_ROW;
+}
+
+template <int T>
+__global__ void __launch_bounds__(384, 1)
+    wgmmaFoldTileKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                        const __half* __restrict__ s16, const float* __restrict__ rowMul,
+                        const float* __restrict__ tokMul, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
+                        int M, int N, int K, int tilesN, int tilesT, int kbPerSplit) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = WgShape<T>;
+    static_assert(foldTokOffset<T>() + 2 * T * 4 <= Sh::STAGES * Sh::STAGE, "token multipliers must fit the ring");
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+
+    int n0, m0;
+    groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0);
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
+    const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
+
+    initStageBarriers(fullBar, emptyBar, STAGES);
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        // ---- producer (wgmmaGemmKernel's) ----
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            prefetchTensorMaps(&tmW, &tmX);
+            const int pre = min(STAGES, nkb);
+#pragma unroll 1
+            for (int i = 0; i < pre; ++i) {
+                mbarExpectTx(fullBar + 8 * i, Sh::STAGE);
+                tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
+            }
+            waitForPrerequisite();
+#pragma unroll 1
+            for (int i = 0; i < pre; ++i) {
+                const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
+                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * i);
+                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * i);
+            }
+#pragma unroll 1
+            for (int i = pre; i < nkb; ++i) {
+                const int s = i % STAGES;
+                mbarWait(emptyBar + 8 * s, ((i / STAGES) - 1) & 1);
+                const uint32_t st = sbase + s * Sh::STAGE;
+                mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    // ---- consumers ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 128;
+    uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g; the thread's pair at byte 2t
+#pragma unroll
+    for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(2 * t);
+    waitForPrerequisite();  // the pre-pass's outputs (x16, s16, the multipliers) are read from here on
+    const unsigned short* sRow =
+        reinterpret_cast<const unsigned short*>(s16) + static_cast<size_t>(n0 / kRows) * kBlocks + kb0;
+    const float rm = __ldg(rowMul + n0 / kRows);
+    const float myTok = tid < T && m0 + tid < M ? __ldg(tokMul + m0 + tid) : 1.f;
+
+    float acc[T / 2];
+#pragma unroll
+    for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
+    uint32_t fragA[8][4], fragB[8][4];
+    auto scalePair = [&](int i) {
+        const uint32_t h = __ldg(sRow + i);
+        return h | (h << 16);
+    };
+    auto convert = [&](int i, uint32_t (&f)[8][4], uint32_t s2) {
+        const int s = i % STAGES;
+        mbarWait(fullBar + 8 * s, (i / STAGES) & 1);
+        loadFoldFrags(f, rowAddr + s * Sh::STAGE, offs, s2);
+    };
+    auto issue = [&](int i, uint32_t (&f)[8][4]) {
+        const uint32_t xs = sbase + (i % STAGES) * Sh::STAGE + Sh::W_BYTES;
+        fenceRegs(acc);
+        wgmmaFence();
+#pragma unroll
+        for (int j = 0; j < 8; ++j) wgmmaRsF16(acc, f[j], descSw128(xs + (j >> 2) * Sh::X_HALF + (j & 3) * 32), 1);
+        wgmmaCommit();
+    };
+    auto release = [&](int i) {
+        __syncwarp();
+        if (lane == 0) mbarArrive(emptyBar + 8 * (i % STAGES));
+    };
+    if (nkb > 0) {
+        convert(0, fragA, scalePair(0));
+#pragma unroll 1
+        for (int i = 0; i < nkb; i += 2) {
+            const uint32_t sc1 = i + 1 < nkb ? scalePair(i + 1) : 0u;
+            const uint32_t sc2 = i + 2 < nkb ? scalePair(i + 2) : 0u;
+            issue(i, fragA);
+            wgmmaWait<1>();  // k-block i - 1's batch is done: its stage and fragB are free
+            fenceFrags(fragB);
+            if (i > 0) release(i - 1);
+            if (i + 1 < nkb) {
+                convert(i + 1, fragB, sc1);
+                issue(i + 1, fragB);
+                wgmmaWait<1>();  // k-block i's batch is done: its stage and fragA are free
+                fenceFrags(fragA);
+                release(i);
+                if (i + 2 < nkb) convert(i + 2, fragA, sc2);
+            }
+        }
+        wgmmaWait<0>();
+        fenceRegs(acc);
+        fenceFrags(fragA);
+        fenceFrags(fragB);
+        release(nkb - 1);
+    }
+
+    allowDependents();
+    // Accumulator layout (wgmma m64nN, FP32): acc[4j + {0,1,2,3}] = (row 16 w4 + g (+8 for 2,3), token 8j + 2t
+    // (+1 for 1,3)). The token multipliers meet in shared memory after both warpgroups' last wgmma (ring free).
+    const int feat = 16 * w4 + g;
+    namedBarrier(1, 256);
+    float* ts = reinterpret_cast<float*>(smem + foldTokOffset<T>()) + cw * T;
+    if (tid < T) ts[tid] = myTok;
+    namedBarrier(2 + cw, 128);
+    if (partial == nullptr) {
+        uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
+#pragma unroll
+        for (int j = 0; j < T / 8; ++j) {
+            const float t0 = rm * ts[8 * j + 2 * t], t1 = rm * ts[8 * j + 2 * t + 1];
+            uint8_t* p = ep + (8 * j + 2 * t) * Sh::EPI_ROW + feat * 2;
+            *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(acc[4 * j] * t0);
+            *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW) = __float2bfloat16_rn(acc[4 * j + 1] * t1);
+            *reinterpret_cast<__nv_bfloat16*>(p + 16) = __float2bfloat16_rn(acc[4 * j + 2] * t0);
+            *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW + 16) = __float2bfloat16_rn(acc[4 * j + 3] * t1);
+        }
+        namedBarrier(2 + cw, 128);
+#pragma unroll 1
+        for (int idx = tid; idx < T * 8; idx += 128) {
+            const int tok = idx >> 3, c = idx & 7;
+            const int m = m0 + tok, n = n0 + 64 * cw + 8 * c;
+            if (m < M && n < N)
+                *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
+                    *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
+        }
+    } else {
+        float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
+        const int n = n0 + 64 * cw + feat;
+#pragma unroll
+        for (int j = 0; j < T / 8; ++j) {
+            const int m = m0 + 8 * j + 2 * t;
+            const float t0 = rm * ts[8 * j + 2 * t], t1 = rm * ts[8 * j + 2 * t + 1];
+            if (n < N) {
+                if (m < M) P[static_cast<size_t>(m) * N + n] = acc[4 * j] * t0;
+                if (m + 1 < M) P[static_cast<size_t>(m + 1) * N + n] = acc[4 * j + 1] * t1;
+            }
+            if (n + 8 < N) {
+                if (m < M) P[static_cast<size_t>(m) * N + n + 8] = acc[4 * j + 2] * t0;
+                if (m + 1 < M) P[static_cast<size_t>(m + 1) * N + n + 8] = acc[4 * j + 3] * t1;
+            }
+        }
+    }
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// The pre-pass of kWgmmaFold (see wgmmaFoldTileKernel). Blocks 0 .. M-1: token row m of X -> x16[m] and tokMul[m] = 2^e_m (a row
+// of zeros gets e = 0; a row holding ±Inf or NaN is converted unscaled, so they propagate). Blocks M .. M+nbN-1:
+// row block nb of S -> s16[nb][:] and rowMul[nb] = 2^(E_nb - 6) (a row block of zero scales gets E = 0).
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ float absMaxBf16x8(const uint4& v, float m) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] << 16)));
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] & 0xFFFF0000u)));
+    }
+    return m;
+}
+// 8 BF16 -> 8 FP16 times sa·sb (two factors: 2^-e spans up to 2^147, past FP32).
+__device__ __forceinline__ uint4 bf16x8ToF16x8(const uint4& v, float sa, float sb) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __half2 h = __floats2half2_rn(__uint_as_float(w[i] << 16) * sa * sb,
+                                            __uint_as_float(w[i] & 0xFFFF0000u) * sa * sb);
+        o[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+// The block-wide maximum of m (256 threads).
+__device__ __forceinline__ float blockMax256(float m) {
+    __shared__ float red[8];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = red[0];
+#pragma unroll
+    for (int w = 1; w < 8; ++w) m = fmaxf(m, red[w]);
+    return m;
+}
+#endif
+
+__global__ void __launch_bounds__(256)
+    foldPrepassKernel(const __nv_bfloat16* __restrict__ X, const float* __restrict__ S, __half* __restrict__ x16,
+                      float* __restrict__ tokMul, __half* __restrict__ s16, float* __restrict__ rowMul, int M, int K,
+                      int kBlocks) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    allowDependents();  // the GEMM's CTAs may take SMs as ours leave (it waits for our completion before reading)
+    const int b = static_cast<int>(blockIdx.x);
+    if (b >= M) {
+        // A row block of scales (constants: read before the wait, written after it like every output).
+        const int nb = b - M;
+        const float* s = S + static_cast<size_t>(nb) * kBlocks;
+        float m = 0.f;
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256) {
+            const float v = fabsf(__ldg(s + i));
+            if (v <= 3.4028235e38f) m = fmaxf(m, v);
+        }
+        m = blockMax256(m);
+        const int e = m > 0.f ? ilogbf(m) : 0;
+        const int ea = (6 - e) / 2;
+        const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, 6 - e - ea);
+        waitForPrerequisite();
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256)
+            s16[static_cast<size_t>(nb) * kBlocks + i] = __float2half_rn(__ldg(s + i) * sa * sb);
+        if (threadIdx.x == 0) rowMul[nb] = ldexpf(1.f, e - 6);
+        return;
+    }
+    constexpr int kCache = 8;  // 16-byte pieces per thread kept in registers between the maximum and the conversion
+    const size_t row = static_cast<size_t>(b);
+    const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+    uint4* y = reinterpret_cast<uint4*>(x16 + row * K);
+    const int pieces = K / 8;  // K % 16 == 0
+    waitForPrerequisite();     // X is the previous kernel's output
+    uint4 v[kCache];
+    float m = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) {
+            v[c] = x[i];
+            m = absMaxBf16x8(v[c], m);
+        }
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) m = absMaxBf16x8(x[i], m);
+    m = blockMax256(m);
+    const int e = (m > 0.f && m <= 3.4028235e38f) ? ilogbf(m) - 14 : 0;
+    const int ea = -e / 2;
+    const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, -e - ea);
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) y[i] = bf16x8ToF16x8(v[c], sa, sb);
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) y[i] = bf16x8ToF16x8(x[i], sa, sb);
+    if (threadIdx.x == 0) tokMul[row] = ldexpf(1.f, e);
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+
 // ---- host ------------------------------------------------------------------------------------------------------
 
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -1080,6 +1465,66 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
             if (splits != 1) return cudaErrorInvalidValue;
             return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
+    }
+}
+
+namespace {
+size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
+
+template <int T>
+cudaError_t launchFoldTile(const CUtensorMap& tmW, const CUtensorMap& tmX, const __half* s16, const float* rowMul,
+                           const float* tokMul, void* Y, float* partial, int M, int N, int K, int splits,
+                           cudaStream_t stream) {
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int kbPerSplit = (kBlocks + splits - 1) / splits;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
+    const long long ctas = static_cast<long long>(tilesN) * tilesT;
+    if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaFoldTileKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, WgShape<T>::SMEM);
+    if (err != cudaSuccess) return err;
+    return launch(wgmmaFoldTileKernel<T>, dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream,
+                  tmW, tmX, s16, rowMul, tokMul, static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT,
+                  kbPerSplit);
+}
+}  // namespace
+
+// kWgmmaFold's pre-pass outputs: x16 [M][K] FP16, tokMul [M], s16 [nbN][kBlocks] FP16, rowMul [nbN] (each 256-byte
+// aligned).
+size_t wgmmaFoldBytes(int M, int N, int K) {
+    const size_t nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    return align256(static_cast<size_t>(M) * K * 2) + align256(static_cast<size_t>(M) * 4) +
+           align256(nbN * kBlocks * 2) + align256(nbN * 4);
+}
+
+cudaError_t launchWgmmaFoldGemm(const void* X, const uint8_t* W, const float* S, void* Y, void* foldWs,
+                                float* partial, int M, int N, int K, int tokTile, int splits, cudaStream_t stream) {
+    if (!wgmmaAvailable()) return cudaErrorNotSupported;
+    if (foldWs == nullptr || splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
+    if (tokTile != 16 && tokTile != 32 && tokTile != 64 && tokTile != 128) return cudaErrorInvalidValue;
+    const int nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    if (static_cast<long long>(M) + nbN > 2147483647ll) return cudaErrorInvalidValue;
+    uint8_t* p = static_cast<uint8_t*>(foldWs);
+    __half* x16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(M) * K * 2);
+    float* tokMul = reinterpret_cast<float*>(p);
+    p += align256(static_cast<size_t>(M) * 4);
+    __half* s16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(nbN) * kBlocks * 2);
+    float* rowMul = reinterpret_cast<float*>(p);
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, x16, K, M, 2ull * K, 64, tokTile,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    const cudaError_t err = launch(foldPrepassKernel, dim3(static_cast<unsigned>(M + nbN)), 256, 0, stream,
+                                   static_cast<const __nv_bfloat16*>(X), S, x16, tokMul, s16, rowMul, M, K, kBlocks);
+    if (err != cudaSuccess) return err;
+    switch (tokTile) {
+        case 16: return launchFoldTile<16>(tmW, tmX, s16, rowMul, tokMul, Y, partial, M, N, K, splits, stream);
+        case 32: return launchFoldTile<32>(tmW, tmX, s16, rowMul, tokMul, Y, partial, M, N, K, splits, stream);
+        case 64: return launchFoldTile<64>(tmW, tmX, s16, rowMul, tokMul, Y, partial, M, N, K, splits, stream);
+        default: return launchFoldTile<128>(tmW, tmX, s16, rowMul, tokMul, Y, partial, M, N, K, splits, stream);
     }
 }
 
