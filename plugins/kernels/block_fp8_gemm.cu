@@ -1261,9 +1261,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     return c;
 }
 
-size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int K) {
-    if (config.kernel == BlockFp8GemmKernel::kWgmmaFold)
-        return wgmmaFoldBytes(M, N, K) + (config.splits > 1 ? static_cast<size_t>(config.splits) * M * N * sizeof(float) : 0);
+size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
@@ -1286,12 +1284,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
     float* partial = nullptr;
-    if (config.kernel == BlockFp8GemmKernel::kWgmmaFold) {
-        if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
-            return cudaErrorInvalidValue;
-        const size_t foldBytes = wgmmaFoldBytes(M, N, K);  // a multiple of 256: the partials stay aligned
-        if (config.splits > 1) partial = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + foldBytes);
-    } else if (config.splits > 1 || streamK) {
+    if (config.splits > 1 || streamK) {
         if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
             return cudaErrorInvalidValue;
         partial = static_cast<float*>(workspace);
@@ -1352,8 +1345,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         } else {
             return cudaErrorInvalidValue;
         }
-    } else if (config.kernel == BlockFp8GemmKernel::kWgmmaFold) {
-        err = launchWgmmaFoldGemm(X, W, S, Y, workspace, partial, M, N, K, config.tile, config.splits, stream);
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
                               config.splits, stream);

@@ -177,13 +177,5 @@ size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream);
 
-// kWgmmaFold: the pre-pass (FP16 activations and block scales, block_fp8_gemm_sm90.cu) into foldWs
-// (wgmmaFoldBytes(M, N, K) bytes), then the token-tile wgmma kernel on FP16 operands with the scales inside the
-// weights; tokTile 16..128, splits >= 1 (partial: FP32 partials [splits][M][N] for the caller's reduce pass when
-// splits > 1). cudaErrorNotSupported where wgmmaAvailable() is false.
-size_t wgmmaFoldBytes(int M, int N, int K);
-cudaError_t launchWgmmaFoldGemm(const void* X, const uint8_t* W, const float* S, void* Y, void* foldWs,
-                                float* partial, int M, int N, int K, int tokTile, int splits, cudaStream_t stream);
-
 }  // namespace detail
 }  // namespace trt_gemma4
