@@ -400,9 +400,6 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                             cands.append((5, nt, 1, wp, sp, d))
                 if nt < 4:
                     cands += [(5, nt, 2, wp, sp, d) for wp in warps for sp in (1, 2) for d in (2, 3)]
-            # More than 8 warps exist only for the register ring with one row group at (8 tokens, 3 stages) and
-            # (16 tokens, 2 stages).
-            cands = [c for c in cands if c[3] <= 8 or (c[0] == 1 and c[2] == 1 and (c[1], c[5]) in ((1, 3), (2, 2)))]
             if m <= 16 and torch.cuda.get_device_capability()[0] >= 9:
                 # The bulk-copy streaming kernel: consumer warps, split-K, ring stages.
                 for wp in (2, 4, 8):
@@ -478,7 +475,7 @@ def main() -> None:
         type=int,
         nargs="*",
         default=[1, 2, 4, 8],
-        help="--tune: warps per CTA of the streaming kernels (1-8; up to 16 for one row group)",
+        help="--tune: warps per CTA of the streaming kernels (1-8)",
     )
     p.add_argument("--no-table", action="store_true", help="skip the per-shape table")
     p.add_argument("--no-stack", action="store_true", help="skip the whole-stack timing")

@@ -88,11 +88,8 @@ STREAM_VARIANTS = [(1, 1, 2), (1, 1, 3), (1, 1, 4), (1, 2, 2), (1, 2, 3), (2, 1,
 # The streaming kernel with its weight ring in shared memory (kernel 5): every instantiation.
 SMEM_VARIANTS = [(1, 1, 3), (1, 1, 4), (1, 1, 5), (1, 2, 2), (1, 2, 3), (2, 1, 3), (2, 1, 4), (2, 2, 2), (2, 2, 3)]
 SMEM_VARIANTS += [(4, 1, 2), (4, 1, 3)]
-# Up to 16 warps (512-thread instantiations): one row group, (8 tokens, 3 stages) and (16 tokens, 2 stages).
-WIDE_STREAM = [(1, 1, 1, 16, 1, 3), (1, 1, 1, 12, 2, 3), (1, 2, 1, 16, 1, 2), (1, 2, 1, 9, 3, 2)]
 CONFIGS = (
-    WIDE_STREAM
-    + [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
+    [(1, nt, rg, wp, sp, d) for nt, rg, d in STREAM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
     + [(5, nt, rg, wp, sp, d) for nt, rg, d in SMEM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
     + [(2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)]
 )
@@ -255,7 +252,7 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
 # (kernel, tile, row groups, warps, splits, depth): the register and shared-memory streaming rings, the tiled
 # mma.sync kernel; on sm_90 also the bulk-copy streaming kernel and every wgmma form.
 EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 2), (1, 4, 1, 8, 1, 2), (5, 1, 1, 4, 1, 3), (5, 2, 2, 8, 1, 2)]
-EXACT_CONFIGS += [(2, 1, 1, 1, 1, 2), (2, 5, 1, 1, 2, 2), (1, 1, 1, 16, 1, 3), (1, 2, 1, 16, 1, 2)]
+EXACT_CONFIGS += [(2, 1, 1, 1, 1, 2), (2, 5, 1, 1, 2, 2)]
 EXACT_CONFIGS_SM90 = [(4, 1, 1, 4, 1, 3)]
 EXACT_CONFIGS_SM90 += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0))]
 
@@ -320,7 +317,7 @@ def test_ops_raise_on_bad_calls() -> None:
         ops.block_fp8_gemm(x, w.float(), s)
     with pytest.raises(RuntimeError, match="512 elements"):
         ops.block_fp8_gemm_out(x, w, s, torch.empty(4, 128, device="cuda"))
-    with pytest.raises(RuntimeError, match="kernel=1 tile=2 splits=1"):  # 9 warps and 2 row groups: none such
+    with pytest.raises(RuntimeError, match="kernel=1 tile=2 splits=1"):  # 9 warps: no such configuration
         ops.block_fp8_gemm_config(x, w, s, 1, 2, 2, 9, 1, depth=2)
 
 

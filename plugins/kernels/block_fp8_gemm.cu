@@ -162,8 +162,8 @@ struct StreamFrag {
 // filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
 // in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
 // SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
-template <int NT, int RG, int DEPTH, bool FULL, bool SMEM, int MAXT = 256>
-__global__ void __launch_bounds__(MAXT) streamKernel(const __nv_bfloat16* __restrict__ X,
+template <int NT, int RG, int DEPTH, bool FULL, bool SMEM>
+__global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
                                                     int M, int N, int K) {
@@ -990,14 +990,6 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
-    if (warps > 8) {
-        // 9-16 warps: one row group, register stages (three at 8 tokens, two at 16: the 512-thread instantiations,
-        // registers capped at 128 per thread, spill-free): a row group's whole k-split inside one CTA.
-        if constexpr (RG == 1 && !SMEM && ((NT == 1 && DEPTH == 3) || (NT == 2 && DEPTH == 2)))
-            kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM, 512> : streamKernel<NT, RG, DEPTH, false, SMEM, 512>;
-        else
-            return cudaErrorInvalidValue;
-    }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
@@ -1301,7 +1293,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if (config.kernel == BlockFp8GemmKernel::kStream || config.kernel == BlockFp8GemmKernel::kStreamSmem) {
         const bool smemRing = config.kernel == BlockFp8GemmKernel::kStreamSmem;
         const int nt = config.tile, rg = config.rowGroups, warps = config.warps, depth = config.depth;
-        if (warps < 1 || warps > 16) return cudaErrorInvalidValue;
+        if (warps < 1 || warps > 8) return cudaErrorInvalidValue;
         const dim3 grid(ceilDiv(M, 8 * nt), ceilDiv(N, 16 * rg), config.splits);
         if (grid.x > 2147483647u || grid.y > 65535u) return cudaErrorInvalidValue;
         bool found = false;

@@ -73,8 +73,7 @@ struct BlockFp8GemmConfig {
                         // wgmma: tokens per CTA (16, 32, 64, 128; 256 = the persistent kernel, splits = 1);
                         // a CTA always covers 128 weight rows
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
-    int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8; up to 16 with one row group
-                        // and 8 tokens x 3 stages or 16 tokens x 2 stages); bulk: consumer warps
+    int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8); bulk: consumer warps
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass;
                         // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'
                         // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
