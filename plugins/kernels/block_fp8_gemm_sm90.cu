@@ -45,6 +45,7 @@
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <atomic>
@@ -173,6 +174,22 @@ __device__ __forceinline__ void wgmmaRs(float (&d)[64], const uint32_t (&a)[4], 
         "{\n.reg .pred p;\n"
         "setp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(accumulate));
+}
+
+// The same with FP16 operands (the folded-scale stream-K kernel below).
+__device__ __forceinline__ void wgmmaRsF16(float (&d)[64], const uint32_t (&a)[4], uint64_t descB, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
         "{"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
@@ -938,6 +955,387 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// ---- The folded-scale stream-K kernel (kWgmmaFold, tile 128, splits 0): small row-tile counts at M ~ 128 -----------
+// At M = 128 a 128-row x 128-token tile grid has fewer tiles than SMs (N = 8704: 68 of 132; N = 3840: 30) and each
+// k-block of wgmmaGemmKernel<128> is bound by its warpgroup's FP32 work (conversion, 4 instructions per FP8 pair, and
+// the per-k-block promotion), not by the tensor pipe (Nsight Compute, qkv_global M = 128: 61% tensor-busy on 68 SMs;
+// the BF16 stream-K kernel spreads the work over all SMs but runs each k-block at 37%). Here both at once:
+//   * the block scale goes into the weights, in FP16, as in the wide experiment of NOTES v22: a pre-pass
+//     (foldPrepassKernel) writes the activations as FP16, token row m times 2^-e_m (e_m = ilogb of the row's largest
+//     magnitude - 14: exact for every element within 2^-31 of the row's largest; smaller ones round to FP16's
+//     subnormal grid, off by at most 2^-39 of it), and per 128-row block nb of W the block scales as FP16,
+//     s16[nb][kb] = fp16(s[nb][kb] · 2^(6 - E_nb)) with E_nb = ilogb of the row block's largest scale (every q · s16
+//     is below 448 · 2^7 = 57344, under FP16's 65504); each FP8 pair becomes FP16 in one instruction
+//     (cvt.rn.f16x2.e4m3x2, exact) times its block's s16 (one HMUL2); the FP16 wgmmas accumulate in FP32 (products
+//     exact) through the CTA's whole k range with no stop (wgmma.wait_group 1: the next k-block is converted while
+//     this one runs); the store multiplies by 2^(E_nb - 6) and the token's 2^e_m (exact);
+//   * the (tile, k-block) units are split evenly over one CTA per SM (tiles <= SMs: each CTA holds at most the tail
+//     of one tile and the head of the next), with the wgmma stream-K kernel's protocol: a CTA works through its range
+//     backwards, the CTA holding a tile's LAST k-block owns it and adds the partners' FP32 partials in a fixed order
+//     (deterministic), waiting only on lower-index CTAs, which publish before they wait for anything.
+// Numerics: w·s IS rounded, to FP16 (11 significant bits: two roundings of at most 2^-12 relative each, the scale's
+// and the product's, against BF16's 2^-9), after a power of two per 128-row block; weights under ~2^-24 of their row
+// block's largest fall into FP16's subnormal range (absolute error at most 2^-25 of that largest). The block scales
+// of a row block must lie in FP32's normal range (any real checkpoint: s = amax / 448).
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ uint16_t lds16(uint32_t addr) {
+    uint16_t v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(addr));
+    return v;
+}
+// (q0, q1) -> FP16 (q0, q1) · (s, s): the hardware conversion (exact) and one FP16 multiply.
+__device__ __forceinline__ uint32_t e4m3x2ToScaledF16x2(uint16_t v, uint32_t s2) {
+    uint32_t d;
+    asm("{\n.reg .b32 h;\ncvt.rn.f16x2.e4m3x2 h, %1;\nmul.rn.f16x2 %0, h, %2;\n}" : "=r"(d) : "h"(v), "r"(s2));
+    return d;
+}
+template <int N>
+__device__ __forceinline__ void wgmmaWait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// One k-block's weight fragments (8 k steps) of this thread as FP16 times the block scale pair s2, from the
+// [128 rows][128 B] stage with the 128-byte swizzle: the thread's pairs are 16-bit words at offs[j] (row g) and
+// offs[j] + 8 (k + 8), and 8 rows further (row g + 8: the same swizzle XOR).
+__device__ __forceinline__ void loadFoldFrags(uint32_t (&a)[8][4], uint32_t rowAddr, const uint32_t (&offs)[8],
+                                              uint32_t s2) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const uint32_t p0 = rowAddr + offs[j], p1 = p0 + 8 * 128;
+        a[j][0] = e4m3x2ToScaledF16x2(lds16(p0), s2);
+        a[j][2] = e4m3x2ToScaledF16x2(lds16(p0 + 8), s2);
+        a[j][1] = e4m3x2ToScaledF16x2(lds16(p1), s2);
+        a[j][3] = e4m3x2ToScaledF16x2(lds16(p1 + 8), s2);
+    }
+}
+#endif  // TRT_GEMMA4_SM90A_DEVICE
+
+// storeAccTile (wide kernel) with a multiplier per token as well: ts[8j] for token m + 8j, ts[8j + 1] for m + 8j + 1, applied
+// after `scale` (both powers of two: exact).
+template <int T>
+__device__ __forceinline__ void storeAccTileTok(__nv_bfloat16* __restrict__ Y, const float (&acc)[T / 2], float scale,
+                                                int M, int N, int n, int m, const float* ts) {
+#pragma unroll
+    for (int j = 0; j < T / 8; ++j) {
+        const int mj = m + 8 * j;
+        if (mj < M) {
+            const float t0 = ts[8 * j];
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j] * scale * t0);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 2] * scale * t0);
+        }
+        if (mj + 1 < M) {
+            const float t1 = ts[8 * j + 1];
+            __nv_bfloat16* y = Y + static_cast<size_t>(mj + 1) * N + n;
+            if (n < N) y[0] = __float2bfloat16_rn(acc[4 * j + 1] * scale * t1);
+            if (n + 8 < N) y[8] = __float2bfloat16_rn(acc[4 * j + 3] * scale * t1);
+        }
+    }
+}
+
+
+constexpr int kFoldSkT = 128;  // tokens per tile
+using FoldSkShape = WgShape<kFoldSkT>;
+// Shared memory: wgmmaGemmKernel<128>'s stage ring and barriers, then the tile's token multipliers (T floats per
+// consumer warpgroup).
+constexpr int kFoldSkToks = FoldSkShape::BARS + 2 * FoldSkShape::STAGES * 8;
+constexpr int kFoldSkSmem = kFoldSkToks + 2 * kFoldSkT * 4 + 1024;
+static_assert(kFoldSkToks % 16 == 0 && kFoldSkSmem <= 227 * 1024, "folded stream-K kernel: shared memory layout");
+
+__global__ void __launch_bounds__(384, 1)
+    wgmmaFoldStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                           const __half* __restrict__ s16, const float* __restrict__ rowMul,
+                           const float* __restrict__ tokMul, __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags,
+                           float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    constexpr int T = kFoldSkT;
+    using Sh = FoldSkShape;
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int tiles = tilesN * tilesT;
+    const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
+    auto tileOrigin = [&](int tile, int& n0, int& m0) { groupedTileOrigin(tile, tilesN, tilesT, T, n0, m0); };
+    // CTA c takes units [U c / G, U (c+1) / G) of U = tiles x kBlocks (the launcher keeps G <= U and tiles <= G, so
+    // every range is non-empty and touches at most two tiles). Segment 0 is the head of its last tile, segment 1 the
+    // tail of its first tile (if it has two): the range backwards, as in wgmmaStreamKKernel.
+    const long long units = static_cast<long long>(tiles) * kBlocks;
+    auto unitStart = [&](int c) { return units * c / G; };
+    auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
+        const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
+        tile = static_cast<int>((u1 - 1) / kBlocks) - i;
+        const long long t0 = static_cast<long long>(tile) * kBlocks;
+        kb0 = static_cast<int>(max(0ll, u0 - t0));
+        kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
+        return i < 2 && tile >= 0 && t0 + kBlocks > u0;
+    };
+
+    initStageBarriers(fullBar, emptyBar, STAGES);
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            prefetchTensorMaps(&tmW, &tmX);
+            int tile, kb0, kb1, n0, m0;
+            // The first stages' weights (constants) before the previous kernel has finished (PDL), the activations
+            // (the pre-pass's output) only after.
+            int pre = 0;
+#pragma unroll 1
+            for (int i = 0; pre < STAGES && segment(i, tile, kb0, kb1); ++i) {
+                tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                for (int kb = kb0; kb < kb1 && pre < STAGES; ++kb, ++pre) {
+                    mbarExpectTx(fullBar + 8 * pre, Sh::STAGE);
+                    tmaLoad2d(sbase + pre * Sh::STAGE, &tmW, kb * kKBlock, n0, fullBar + 8 * pre);
+                }
+            }
+            waitForPrerequisite();
+            int c = 0;
+#pragma unroll 1
+            for (int i = 0; segment(i, tile, kb0, kb1); ++i) {
+                tileOrigin(tile, n0, m0);
+#pragma unroll 1
+                for (int kb = kb0; kb < kb1; ++kb, ++c) {
+                    const int s = c % STAGES;
+                    const uint32_t st = sbase + s * Sh::STAGE;
+                    if (c >= pre) {
+                        mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
+                        mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                        tmaLoad2d(st, &tmW, kb * kKBlock, n0, fullBar + 8 * s);
+                    }
+                    tmaLoad2d(st + Sh::W_BYTES, &tmX, kb * kKBlock, m0, fullBar + 8 * s);
+                    tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, kb * kKBlock + 64, m0, fullBar + 8 * s);
+                }
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 128;
+    uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g; the thread's pair at byte 2t
+#pragma unroll
+    for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(2 * t);
+    float* ts = reinterpret_cast<float*>(smem + kFoldSkToks) + cw * T;
+    waitForPrerequisite();  // the pre-pass's outputs (x16, s16, the multipliers) are read from here on
+
+    float acc[T / 2];
+    uint32_t fragA[8][4], fragB[8][4];
+    int c = 0;  // stage counter, continuous across segments (the producer's)
+    int tile, kb0, kb1;
+#pragma unroll 1
+    for (int seg = 0; segment(seg, tile, kb0, kb1); ++seg) {
+        int n0, m0;
+        tileOrigin(tile, n0, m0);
+        const unsigned short* sRow =
+            reinterpret_cast<const unsigned short*>(s16) + static_cast<size_t>(n0 / kRows) * kBlocks + kb0;
+        const float rm = __ldg(rowMul + n0 / kRows);
+        const float myTok = m0 + tid < M ? __ldg(tokMul + m0 + tid) : 1.f;  // T = 128: one per thread
+        const int nkb = kb1 - kb0;
+#pragma unroll
+        for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
+        auto scalePair = [&](int j) {
+            const uint32_t h = __ldg(sRow + j);
+            return h | (h << 16);
+        };
+        auto convert = [&](int j, uint32_t (&f)[8][4], uint32_t s2) {
+            const int cc = c + j, s = cc % STAGES;
+            mbarWait(fullBar + 8 * s, (cc / STAGES) & 1);
+            loadFoldFrags(f, rowAddr + s * Sh::STAGE, offs, s2);
+        };
+        auto issue = [&](int j, uint32_t (&f)[8][4]) {
+            const uint32_t xs = sbase + ((c + j) % STAGES) * Sh::STAGE + Sh::W_BYTES;
+            fenceRegs(acc);
+            wgmmaFence();
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+                wgmmaRsF16(acc, f[q], descSw128(xs + (q >> 2) * Sh::X_HALF + (q & 3) * 32), 1);
+            wgmmaCommit();
+        };
+        auto release = [&](int j) {
+            __syncwarp();
+            if (lane == 0) mbarArrive(emptyBar + 8 * ((c + j) % STAGES));
+        };
+        convert(0, fragA, scalePair(0));
+#pragma unroll 1
+        for (int j = 0; j < nkb; j += 2) {
+            const uint32_t sc1 = j + 1 < nkb ? scalePair(j + 1) : 0u;
+            const uint32_t sc2 = j + 2 < nkb ? scalePair(j + 2) : 0u;
+            issue(j, fragA);
+            wgmmaWait<1>();  // k-block j - 1's batch is done: its stage and fragB are free
+            fenceFrags(fragB);
+            if (j > 0) release(j - 1);
+            if (j + 1 < nkb) {
+                convert(j + 1, fragB, sc1);
+                issue(j + 1, fragB);
+                wgmmaWait<1>();  // k-block j's batch is done: its stage and fragA are free
+                fenceFrags(fragA);
+                release(j);
+                if (j + 2 < nkb) convert(j + 2, fragA, sc2);
+            }
+        }
+        wgmmaWait<0>();
+        fenceRegs(acc);
+        fenceFrags(fragA);
+        fenceFrags(fragB);
+        release(nkb - 1);
+        c += nkb;
+
+        if (kb1 < kBlocks) {
+            // Not the tile's last piece (only ever this CTA's first segment): publish the partial for the owner, in
+            // accumulator-fragment order (coalesced 16-byte stores, read back by the same thread index).
+            float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
+#pragma unroll
+            for (int q = 0; q < T / 8; ++q)
+                __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+            namedBarrier(2 + cw, 128);
+            if (tid == 0) {
+                __threadfence();
+                stRelease(skFlags + 2 * cta + cw, 1);
+            }
+            continue;
+        }
+        if (kb0 > 0) {
+            // The tile's last piece: add the partials of the LOWER-index CTAs that took its earlier k-blocks, nearest
+            // first (all in the same units: the multipliers are applied once, below).
+            const long long tileStart = static_cast<long long>(tile) * kBlocks;
+#pragma unroll 1
+            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
+                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
+                }
+                const float4* P =
+                    reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
+#pragma unroll
+                for (int q = 0; q < T / 8; ++q) {
+                    const float4 v = __ldcg(P + q * 128);
+                    acc[4 * q] += v.x;
+                    acc[4 * q + 1] += v.y;
+                    acc[4 * q + 2] += v.z;
+                    acc[4 * q + 3] += v.w;
+                }
+                namedBarrier(2 + cw, 128);  // every thread has seen the flag: clear it (semaphores stay zero)
+                if (tid == 0) skFlags[2 * p + cw] = 0;
+            }
+        }
+        ts[tid] = myTok;
+        namedBarrier(2 + cw, 128);
+        storeAccTileTok<T>(Y, acc, rm, M, N, n0 + 64 * cw + 16 * w4 + g, m0 + 2 * t, ts + 2 * t);
+        namedBarrier(2 + cw, 128);  // every thread has read ts before a next segment overwrites it
+    }
+    allowDependents();
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// The pre-pass of kWgmmaFold (see wgmmaFoldStreamKKernel). Blocks 0 .. M-1: token row m of X -> x16[m] and tokMul[m] = 2^e_m (a row
+// of zeros gets e = 0; a row holding ±Inf or NaN is converted unscaled, so they propagate). Blocks M .. M+nbN-1:
+// row block nb of S -> s16[nb][:] and rowMul[nb] = 2^(E_nb - 6) (a row block of zero scales gets E = 0).
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+__device__ __forceinline__ float absMaxBf16x8(const uint4& v, float m) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] << 16)));
+        m = fmaxf(m, fabsf(__uint_as_float(w[i] & 0xFFFF0000u)));
+    }
+    return m;
+}
+// 8 BF16 -> 8 FP16 times sa·sb (two factors: 2^-e spans up to 2^147, past FP32).
+__device__ __forceinline__ uint4 bf16x8ToF16x8(const uint4& v, float sa, float sb) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __half2 h = __floats2half2_rn(__uint_as_float(w[i] << 16) * sa * sb,
+                                            __uint_as_float(w[i] & 0xFFFF0000u) * sa * sb);
+        o[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+// The block-wide maximum of m (256 threads).
+__device__ __forceinline__ float blockMax256(float m) {
+    __shared__ float red[8];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = red[0];
+#pragma unroll
+    for (int w = 1; w < 8; ++w) m = fmaxf(m, red[w]);
+    return m;
+}
+#endif
+
+__global__ void __launch_bounds__(256)
+    foldPrepassKernel(const __nv_bfloat16* __restrict__ X, const float* __restrict__ S, __half* __restrict__ x16,
+                      float* __restrict__ tokMul, __half* __restrict__ s16, float* __restrict__ rowMul, int M, int K,
+                      int kBlocks) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    allowDependents();  // the GEMM's CTAs may take SMs as ours leave (it waits for our completion before reading)
+    const int b = static_cast<int>(blockIdx.x);
+    if (b >= M) {
+        // A row block of scales (constants: read before the wait, written after it like every output).
+        const int nb = b - M;
+        const float* s = S + static_cast<size_t>(nb) * kBlocks;
+        float m = 0.f;
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256) {
+            const float v = fabsf(__ldg(s + i));
+            if (v <= 3.4028235e38f) m = fmaxf(m, v);
+        }
+        m = blockMax256(m);
+        const int e = m > 0.f ? ilogbf(m) : 0;
+        const int ea = (6 - e) / 2;
+        const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, 6 - e - ea);
+        waitForPrerequisite();
+        for (int i = static_cast<int>(threadIdx.x); i < kBlocks; i += 256)
+            s16[static_cast<size_t>(nb) * kBlocks + i] = __float2half_rn(__ldg(s + i) * sa * sb);
+        if (threadIdx.x == 0) rowMul[nb] = ldexpf(1.f, e - 6);
+        return;
+    }
+    constexpr int kCache = 8;  // 16-byte pieces per thread kept in registers between the maximum and the conversion
+    const size_t row = static_cast<size_t>(b);
+    const uint4* x = reinterpret_cast<const uint4*>(X + row * K);
+    uint4* y = reinterpret_cast<uint4*>(x16 + row * K);
+    const int pieces = K / 8;  // K % 16 == 0
+    waitForPrerequisite();     // X is the previous kernel's output
+    uint4 v[kCache];
+    float m = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) {
+            v[c] = x[i];
+            m = absMaxBf16x8(v[c], m);
+        }
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) m = absMaxBf16x8(x[i], m);
+    m = blockMax256(m);
+    const int e = (m > 0.f && m <= 3.4028235e38f) ? ilogbf(m) - 14 : 0;
+    const int ea = -e / 2;
+    const float sa = ldexpf(1.f, ea), sb = ldexpf(1.f, -e - ea);
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+        const int i = static_cast<int>(threadIdx.x) + 256 * c;
+        if (i < pieces) y[i] = bf16x8ToF16x8(v[c], sa, sb);
+    }
+    for (int i = static_cast<int>(threadIdx.x) + 256 * kCache; i < pieces; i += 256) y[i] = bf16x8ToF16x8(x[i], sa, sb);
+    if (threadIdx.x == 0) tokMul[row] = ldexpf(1.f, e);
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+
+
 // ---- host ------------------------------------------------------------------------------------------------------
 
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -1081,6 +1479,61 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
             return launchWide(X, W, S, Y, M, N, K, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+namespace {
+size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
+// The pre-pass's outputs: x16 [M][K] FP16, tokMul [M], s16 [nbN][kBlocks] FP16, rowMul [nbN] (each 256-byte aligned).
+size_t foldBytes(int M, int N, int K) {
+    const size_t nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    return align256(static_cast<size_t>(M) * K * 2) + align256(static_cast<size_t>(M) * 4) +
+           align256(nbN * kBlocks * 2) + align256(nbN * 4);
+}
+}  // namespace
+
+size_t wgmmaFoldWorkspace(int M, int N, int K) { return foldBytes(M, N, K) + streamKBytes(smCount(), kFoldSkT); }
+
+cudaError_t launchWgmmaFoldGemm(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem,
+                                int M, int N, int K, cudaStream_t stream) {
+    if (!wgmmaAvailable()) return cudaErrorNotSupported;
+    if (workspace == nullptr) return cudaErrorInvalidValue;
+    const int nbN = (N + kRows - 1) / kRows, kBlocks = (K + kKBlock - 1) / kKBlock;
+    const int tilesN = nbN, tilesT = (M + kFoldSkT - 1) / kFoldSkT;
+    const long long tiles = static_cast<long long>(tilesN) * tilesT;
+    const int sms = smCount();
+    if (tiles > sms) return cudaErrorInvalidValue;  // this form: at most one tile per SM (each CTA touches <= 2 tiles)
+    const int grid = static_cast<int>(std::min<long long>(tiles * kBlocks, sms));
+    uint8_t* p = static_cast<uint8_t*>(workspace);
+    __half* x16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(M) * K * 2);
+    float* tokMul = reinterpret_cast<float*>(p);
+    p += align256(static_cast<size_t>(M) * 4);
+    __half* s16 = reinterpret_cast<__half*>(p);
+    p += align256(static_cast<size_t>(nbN) * kBlocks * 2);
+    float* rowMul = reinterpret_cast<float*>(p);
+    p += align256(static_cast<size_t>(nbN) * 4);
+    float* partials = reinterpret_cast<float*>(p + streamKFlagBytes(grid));
+    CUtensorMap tmW, tmX;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, x16, K, M, 2ull * K, 64, kFoldSkT,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
+    cudaError_t err = launch(foldPrepassKernel, dim3(static_cast<unsigned>(M + nbN)), 256, 0, stream,
+                             static_cast<const __nv_bfloat16*>(X), S, x16, tokMul, s16, rowMul, M, K, kBlocks);
+    if (err != cudaSuccess) return err;
+    // Flags: the caller's semaphores (zero, left zero), else zeroed here in the workspace, as launchStreamK does.
+    const bool own = sem != nullptr && 2 * grid <= kBlockFp8GemmSemaphores;
+    int* flags = own ? sem : reinterpret_cast<int*>(p);
+    if (!own) {
+        err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
+        if (err != cudaSuccess) return err;
+    }
+    err = cudaFuncSetAttribute(wgmmaFoldStreamKKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kFoldSkSmem);
+    if (err != cudaSuccess) return err;
+    return launchEx(own && usePdl(), wgmmaFoldStreamKKernel, dim3(grid), 384, kFoldSkSmem, stream, tmW, tmX,
+                    static_cast<const __half*>(s16), static_cast<const float*>(rowMul),
+                    static_cast<const float*>(tokMul), static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K,
+                    tilesN, tilesT);
 }
 
 }  // namespace detail
