@@ -1281,8 +1281,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
                                      void* workspace, size_t workspaceBytes, cudaStream_t stream, int* semaphores) {
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
-    const bool streamK = (config.kernel == BlockFp8GemmKernel::kWgmma || config.kernel == BlockFp8GemmKernel::kWgmmaFold) &&
-                         config.splits == 0;
+    const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
     if (config.kernel == BlockFp8GemmKernel::kWgmmaFold) {
