@@ -423,9 +423,7 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                     cands.append((3, 256, 1, 1, 0, 2))  # persistent, stream-K
                 if m >= 32:
                     cands.append((3, 128, 1, 1, 0, 2))  # persistent 128-token tiles, stream-K
-                if -(-n // 128) * -(-m // 128) <= torch.cuda.get_device_properties(0).multi_processor_count:
-                    cands.append((6, 128, 1, 1, 0, 2))  # stream-K, FP16 operands, scales folded (pre-pass)
-            only = {3, 6} if args.tune_only_wgmma else set(args.tune_kernels or ())
+            only = {3} if args.tune_only_wgmma else set(args.tune_kernels or ())
             if only:
                 cands = [c for c in cands if c[0] in only] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
             cands = list(dict.fromkeys(cands))  # the default may already be a candidate: time it once
@@ -464,7 +462,7 @@ def main() -> None:
     p.add_argument("--tune-ms", type=int, nargs="*", default=[1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
     p.add_argument("--tune-wgmma", action="store_true", help="--tune includes the sm_90a wgmma kernel")
     p.add_argument("--tune-only-wgmma", action="store_true", help="--tune times the wgmma kernel and the default")
-    p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-6)")
+    p.add_argument("--tune-kernels", type=int, nargs="*", default=None, help="--tune times only these kernels (1-5)")
     p.add_argument(
         "--tune-splits",
         type=int,

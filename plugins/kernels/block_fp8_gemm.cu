@@ -1261,8 +1261,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     return c;
 }
 
-size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int K) {
-    if (config.kernel == BlockFp8GemmKernel::kWgmmaFold) return wgmmaFoldWorkspace(M, N, K);
+size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
     if (config.splits <= 1) return 0;
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
@@ -1284,12 +1283,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
-    if (config.kernel == BlockFp8GemmKernel::kWgmmaFold) {
-        if (config.tile != 128 || config.splits != 0) return cudaErrorInvalidValue;
-        if (!workspace || !aligned16(workspace) || workspaceBytes < wgmmaFoldWorkspace(M, N, K))
-            return cudaErrorInvalidValue;
-        return launchWgmmaFoldGemm(X, W, S, Y, workspace, semaphores, M, N, K, stream);
-    }
     float* partial = nullptr;
     if (config.splits > 1 || streamK) {
         if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))

@@ -20,12 +20,6 @@
 //   * the sm_90a wgmma kernels (kWgmma): token tiles 16-128 promote like the streaming kernel; the persistent
 //     256-token kernel rescales like the tiled kernel (same range condition). Same products, same FP32
 //     accumulation (wgmma, BF16 in).
-//   * kWgmmaFold (sm_90a, where the dispatch takes it) is the exception: w·s IS rounded, to FP16 (11 significant
-//     bits, a relative error of at most 2^-12 twice: the scale's and the product's, against BF16's 2^-9), after a
-//     power of two per 128-row block; the activations go to FP16 exactly after a power of two per token row
-//     (elements under 2^-31 of their row's largest round to FP16's subnormal grid), the products are exact and summed
-//     in FP32. Weights under ~2^-24 of their row block's largest fall into FP16's subnormal range (absolute error at
-//     most 2^-25 of that largest). Block scales must lie in FP32's normal range; NaN bytes propagate as NaN there.
 // An E4M3 NaN byte (0x7F/0xFF) is not propagated (it decodes to ±480); checkpoints never hold NaN.
 //
 // The portable kernels (kStream, kTiled) use only sm_80+ instructions (mma.sync bf16, cp.async, fma.rn.bf16x2), so
@@ -59,9 +53,6 @@ enum class BlockFp8GemmKernel : int {
                   // chosen by the default dispatch (hand-set configurations only)
     kStreamSmem = 5,  // kStream with the weights and scales in flight in a per-warp shared-memory ring (cp.async)
                       // instead of registers; same fields and same results bit for bit (sm_80+)
-    kWgmmaFold = 6,   // sm_90a only: stream-K over 128-token tiles (tile 128, splits 0; at most one tile per SM) on
-                      // FP16 operands with the block scale folded into FP16 weights (w·s rounded to FP16: see
-                      // Numerics) after a pre-pass over the activations; needs the workspace
 };
 
 // Tile shapes of the tiled kernel: index into this list in BlockFp8GemmConfig::tile.

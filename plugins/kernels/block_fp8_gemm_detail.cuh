@@ -177,13 +177,5 @@ size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, cudaStream_t stream);
 
-// kWgmmaFold: the pre-pass (FP16 activations and block scales, block_fp8_gemm_sm90.cu), then the stream-K kernel
-// over 128-token tiles on FP16 operands with the scales inside the weights; at most one tile per SM (else
-// cudaErrorInvalidValue). Workspace: wgmmaFoldWorkspace(M, N, K) bytes; flags in `sem` when given (else zeroed in the
-// workspace by a memset). cudaErrorNotSupported where wgmmaAvailable() is false.
-size_t wgmmaFoldWorkspace(int M, int N, int K);
-cudaError_t launchWgmmaFoldGemm(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem,
-                                int M, int N, int K, cudaStream_t stream);
-
 }  // namespace detail
 }  // namespace trt_gemma4

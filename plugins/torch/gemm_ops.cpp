@@ -39,10 +39,7 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // in their own workspace). Kept for the life of the process (the map is never destroyed: no frees racing the CUDA
 // teardown at exit; 16 KB per stream ever used).
 int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemma4::BlockFp8GemmConfig& config) {
-    const bool streamK = (config.kernel == trt_gemma4::BlockFp8GemmKernel::kWgmma ||
-                          config.kernel == trt_gemma4::BlockFp8GemmKernel::kWgmmaFold) &&
-                         config.splits == 0;
-    if (!streamK) return nullptr;
+    if (config.kernel != trt_gemma4::BlockFp8GemmKernel::kWgmma || config.splits != 0) return nullptr;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
         (void)cudaGetLastError();
