@@ -188,17 +188,8 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     for (int r = 0; r < RG; ++r) {
         rowOk[r] = FULL || n0 + 16 * r < N;  // N % 16 == 0: a 16-row group is all in or all out
         const int row = rowOk[r] ? n0 + 16 * r + g : 0;
-#if defined(TRT_GEMMA4_PROBE_TILED) && TRT_GEMMA4_PROBE_TILED == 16
-        // probe: [N/16][K/128][16][128] addressing (timing only, wrong results)
-        wRow[r] = W + static_cast<size_t>(row / 16) * kBlocks * 16 * kBlock + (row % 16) * kBlock + 16 * t;
-        wRow8[r] = wRow[r] + 8 * kBlock;
-#elif defined(TRT_GEMMA4_PROBE_TILED)  // probe: tile-major [N/128][K/128][128][128] addressing (timing only, wrong)
-        wRow[r] = W + static_cast<size_t>(row / kBlock) * kBlocks * kBlock * kBlock + (row % kBlock) * kBlock + 16 * t;
-        wRow8[r] = wRow[r] + 8 * kBlock;
-#else
         wRow[r] = W + static_cast<size_t>(row) * K + 16 * t;
         wRow8[r] = wRow[r] + static_cast<size_t>(8) * K;
-#endif
         sRow[r] = S + static_cast<size_t>(rowOk[r] ? (n0 + 16 * r) / kBlock : 0) * kBlocks;
     }
     const __nv_bfloat16* xRow[NT];
@@ -208,11 +199,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     // Weights and scales of k-block kb (constants: may be read before the previous kernel finished).
     auto loadW = [&](StreamFrag<NT, RG>& f, int kb) {
         if constexpr (FULL) {
-#ifdef TRT_GEMMA4_PROBE_TILED
-            const uint32_t k = static_cast<uint32_t>(kb) * kBlock * (TRT_GEMMA4_PROBE_TILED == 16 ? 16 : kBlock);
-#else
             const uint32_t k = static_cast<uint32_t>(kb) * kBlock;
-#endif
 #pragma unroll
             for (int r = 0; r < RG; ++r) {
 #pragma unroll
@@ -334,11 +321,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     // SMEM: one commit group per call, empty past the last k-block, so that the wait_group count stays uniform.
     auto issue = [&](int st, int k2) {
         if (k2 < kBlocks) {
-#ifdef TRT_GEMMA4_PROBE_TILED
-            const uint32_t k = static_cast<uint32_t>(k2) * kBlock * (TRT_GEMMA4_PROBE_TILED == 16 ? 16 : kBlock);
-#else
             const uint32_t k = static_cast<uint32_t>(k2) * kBlock;
-#endif
 #pragma unroll
             for (int r = 0; r < RG; ++r) {
 #pragma unroll
