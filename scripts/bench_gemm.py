@@ -205,6 +205,18 @@ def make_w8a8(q: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> tuple[Callab
     return None, " | ".join(errors)
 
 
+def run_config(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, c: tuple[int, ...]) -> torch.Tensor:
+    """Our GEMM with configuration c = (kernel, tile, row_groups, warps, splits, depth[, cluster])."""
+    cluster = len(c) > 6 and bool(c[6])
+    return torch.ops.trt_gemma4.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5], cluster=cluster)
+
+
+def default_config(m: int, n: int, k: int) -> tuple[tuple[int, ...], bool]:
+    """The dispatch's (kernel, tile, row_groups, warps, splits, depth, cluster) and whether it prefers dequant."""
+    c = torch.ops.trt_gemma4.block_fp8_gemm_default_config(m, n, k)
+    return (*c[:6], c[7]), bool(c[6])
+
+
 def fmt(v: float | None) -> str:
     return f"{v:9.1f}" if v is not None else f"{'-':>9}"
 
@@ -281,17 +293,12 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
                         t_w8 = time_graph([f for f, _ in w8])
                     else:
                         w8_how += " (wrong result, not timed)"
-            cfg = ops.block_fp8_gemm_default_config(m, n, k)
+            cfg, prefers_dequant = default_config(m, n, k)
             t_kernel: float | None = t_cuda
-            if cfg[-1] and args.quick:
+            if prefers_dequant and args.quick:
                 t_kernel = None
-            elif cfg[-1]:  # the CUDA op chose dequant + cuBLAS: also time our own kernel
-                t_kernel = time_graph(
-                    [
-                        lambda q=q, s=s, x=x, c=cfg: ops.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5])
-                        for q, s in zip(qs, ss)
-                    ]
-                )
+            elif prefers_dequant:  # the CUDA op chose dequant + cuBLAS: also time our own kernel
+                t_kernel = time_graph([lambda q=q, s=s, x=x, c=cfg: run_config(x, q, s, c) for q, s in zip(qs, ss)])
             row = {
                 "M": m,
                 "ours_us": t_ours,
@@ -312,7 +319,7 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
                 "w8a8_rel_err": w8_err,
                 "w8a8_method": w8_how,
                 "ours_rel_err": err,
-                "config": cfg,
+                "config": [*cfg[:6], int(prefers_dequant), cfg[6]],  # the op's default_config order
                 "floor_us": floor_us,
             }
             rows.append(row)
@@ -366,8 +373,7 @@ def bench_stack(args, bw: float, gen: torch.Generator, results: dict) -> None:
 
 
 def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
-    """Time hand-set configurations (kernel, tile, row_groups, warps, splits) per (shape, M)."""
-    ops = torch.ops.trt_gemma4
+    """Time hand-set configurations (kernel, tile, row_groups, warps, splits, depth, cluster) per (shape, M)."""
     out = {}
     for name, (n, k) in SHAPES.items():
         if args.shapes and name not in args.shapes:
@@ -424,22 +430,25 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                 if m >= 32:
                     cands.append((3, 128, 1, 1, 0, 2))  # persistent 128-token tiles, stream-K
             only = {3} if args.tune_only_wgmma else set(args.tune_kernels or ())
+            default = default_config(m, n, k)[0]
             if only:
-                cands = [c for c in cands if c[0] in only] + [tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])]
-            cands = list(dict.fromkeys(cands))  # the default may already be a candidate: time it once
+                cands = [c for c in cands if c[0] in only]
+            # Every candidate as (..., cluster): split-K of 2-8 also summed across a thread-block cluster (sm_90+).
+            cands = [(*c, 0) for c in cands]
+            if torch.cuda.get_device_capability()[0] >= 9:
+                cands += [
+                    (*c[:6], 1) for c in cands if 2 <= c[4] <= 8 and (c[0] in (1, 5) or (c[0] == 3 and c[1] <= 128))
+                ]
+            cands = list(dict.fromkeys([*cands, default]))  # the default may already be a candidate: time it once
             timings = []
             for c in cands:
                 t = time_graph(
-                    [
-                        lambda q=q, s=s, c=c, x=x: ops.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5])
-                        for q, s in zip(qs, ss)
-                    ],
+                    [lambda q=q, s=s, c=c, x=x: run_config(x, q, s, c) for q, s in zip(qs, ss)],
                     min_ms=1.5,
                     replays=3,
                 )
                 timings.append((t, c))
             timings.sort()
-            default = tuple(ops.block_fp8_gemm_default_config(m, n, k)[:6])
             t_def = next((t for t, c in timings if c == default), None)
             out[f"{name}/M{m}"] = [(t, list(c)) for t, c in timings] + [(t_bf16, ["cublas_bf16"])]
             top = ", ".join(f"{c}:{t:.1f}" for t, c in timings[:4])

@@ -397,27 +397,59 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
         const int tok = m0 + 8 * nt + 2 * (ln & 3) + (i & 1);
         if (row < N && tok < M) {
-            if (gridDim.z == 1) {
+            if (partial == nullptr) {
                 Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
             } else {
                 partial[(static_cast<size_t>(split) * M + tok) * N + row] = v;
             }
         }
     };
-    if (warps == 1) {
+    // Split-K without a workspace: the gridDim.z splits of this tile are one thread-block cluster (config.cluster).
+    const bool clustered = partial == nullptr && gridDim.z > 1;
+    if (clustered && clusterCtas() != gridDim.z) __trap();  // launched without its cluster: never sum half a tile
+    if (warps == 1 && !clustered) {
 #pragma unroll
         for (int e = 0; e < kElems; ++e) store(e, lane, (&acc[0][0][0])[e]);
         return;
     }
     // Layout red[warp][e][lane]: conflict-free writes, and the reduction below reads consecutive lanes.
+    if (warps > 1) {
 #pragma unroll
-    for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0][0])[e];
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
-        float v = 0.f;
-        for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
+        for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0][0])[e];
+        __syncthreads();
+    }
+    if (!clustered) {
+        for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
+            float v = 0.f;
+            for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
+            store(idx >> 5, idx & 31, v);
+        }
+        return;
+    }
+    // Cluster: this CTA's sum over its warps (the partial the reduce pass would read) in csum[e][lane], then each CTA
+    // of the cluster sums a contiguous 1/splits share of the tile over all splits in split order and stores it.
+    float* csum = red + (warps > 1 ? warps * kElems * 32 : 0);
+    if (warps == 1) {
+#pragma unroll
+        for (int e = 0; e < kElems; ++e) csum[e * 32 + lane] = (&acc[0][0][0])[e];
+    } else {
+        for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
+            float v = 0.f;
+            for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
+            csum[idx] = v;
+        }
+    }
+    clusterSync();
+    const int nz = static_cast<int>(gridDim.z);
+    const int share = (kElems * 32 + nz - 1) / nz;
+    const int end = min(kElems * 32, (split + 1) * share);
+    for (int idx = split * share + static_cast<int>(threadIdx.x); idx < end; idx += blockDim.x) {
+        const uint32_t a = smemAddr(csum + idx);
+        float v = ldsCluster32(clusterMapShared(a, 0));
+        for (int z = 1; z < nz; ++z) v += ldsCluster32(clusterMapShared(a, z));
         store(idx >> 5, idx & 31, v);
     }
+    clusterSync();  // our csum stays readable until every CTA of the cluster is done with it
 }
 
 // --------------------------------------------------------------------------------------------------------------
@@ -975,16 +1007,18 @@ int gProbeStreamFull = 1;
 #endif
 namespace {
 
-// Dynamic shared memory of a streaming-kernel launch: the kStreamSmem rings, then the cross-warp reduction buffer.
-int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps) {
+// Dynamic shared memory of a streaming-kernel launch: the kStreamSmem rings, then the cross-warp reduction buffer,
+// then (cluster split-K) the CTA's summed partial tile.
+int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps, bool cluster = false) {
     const int ring = smemRing ? warps * depth * (rg * 4 * 32 + rg * 8) * 16 : 0;
-    return ring + (warps > 1 ? warps * rg * nt * 4 * 32 * static_cast<int>(sizeof(float)) : 0);
+    const int tile = rg * nt * 4 * 32 * static_cast<int>(sizeof(float));
+    return ring + (warps > 1 ? warps * tile : 0) + (cluster ? tile : 0);
 }
 
 template <int NT, int RG, int DEPTH, bool SMEM>
-cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uint8_t* W, const float* S,
-                         __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
-    const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps);
+cudaError_t launchStream(dim3 grid, int warps, bool cluster, const __nv_bfloat16* X, const uint8_t* W,
+                         const float* S, __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+    const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps, cluster);
     bool full = K % kBlock == 0 && N % (16 * RG) == 0;
 #ifdef TRT_GEMMA4_PROBE_SWITCHES  // scripts/probe_stream_bw.cu only: A/B of the two forms in one process
     full = full && gProbeStreamFull != 0;
@@ -994,7 +1028,8 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
     }
-    return launch(kernel, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
+    return launchClusterEx(usePdl(), dim3(1, 1, cluster ? grid.z : 1), kernel, grid, warps * 32, smem, stream, X, W,
+                           S, Y, partial, M, N, K);
 }
 
 // kBulk: `consumers` consumer warps, `stages` ring stages, `splits` k-splits (> 1: FP32 partials, reduce pass).
@@ -1140,7 +1175,22 @@ BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
     return c;
 }
 
+namespace {
+BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K);
+}
+
+// Split-K on Hopper sums its partials inside the GEMM, across a thread-block cluster (config.cluster), wherever the
+// kernel implements it: no FP32 round trip through the workspace and no reduce-pass launch.
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
+    BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
+    const bool kernelOk = c.kernel == BlockFp8GemmKernel::kStream || c.kernel == BlockFp8GemmKernel::kStreamSmem ||
+                          (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128);
+    if (kernelOk && c.splits >= 2 && c.splits <= 8 && deviceMajor() == 9) c.cluster = 1;
+    return c;
+}
+
+namespace {
+BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
     const int sms = smCount();
     const int kBlocks = ceilDiv(K, kBlock);
     const long long weightBytes = static_cast<long long>(N) * K;
@@ -1260,10 +1310,11 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     }
     return c;
 }
+}  // namespace
 
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
-    if (config.splits <= 1) return 0;
+    if (config.splits <= 1 || config.cluster != 0) return 0;
     return static_cast<size_t>(config.splits) * M * N * sizeof(float);
 }
 
@@ -1282,9 +1333,18 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
+    // Cluster split-K: 2..8 splits (the portable cluster size) of the kernels that implement it, on sm_90+.
+    const bool cluster = config.cluster != 0;
+    if (cluster) {
+        const bool kernelOk = config.kernel == BlockFp8GemmKernel::kStream ||
+                              config.kernel == BlockFp8GemmKernel::kStreamSmem ||
+                              (config.kernel == BlockFp8GemmKernel::kWgmma && config.tile <= 128);
+        if (!kernelOk || config.splits < 2 || config.splits > 8) return cudaErrorInvalidValue;
+        if (deviceMajor() < 9) return cudaErrorNotSupported;
+    }
     const uint8_t* W = reinterpret_cast<const uint8_t*>(Wq);
     float* partial = nullptr;
-    if (config.splits > 1 || streamK) {
+    if ((config.splits > 1 && !cluster) || streamK) {
         if (!workspace || !aligned16(workspace) || workspaceBytes < blockFp8WoGemmWorkspaceFor(config, M, N, K))
             return cudaErrorInvalidValue;
         partial = static_cast<float*>(workspace);
@@ -1300,7 +1360,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
 #define TRT_GEMMA4_STREAM_CASE(SMEM_, NT_, RG_, DEPTH_)                                                         \
     if (!found && smemRing == SMEM_ && nt == NT_ && rg == RG_ && depth == DEPTH_) {                              \
         found = true;                                                                                            \
-        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);          \
+        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, cluster, X, W, S, Y, partial, M, N, K, stream); \
     }
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 2)
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 3)
@@ -1347,11 +1407,12 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         }
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
-                              config.splits, stream);
+                              config.splits, cluster, stream);
     } else {
         return cudaErrorInvalidValue;
     }
-    if (err != cudaSuccess || config.splits <= 1) return err;  // 0: stream-K, combined inside the kernel
+    // 0: stream-K, and cluster split-K: combined inside the kernel.
+    if (err != cudaSuccess || config.splits <= 1 || cluster) return err;
     const size_t mn = static_cast<size_t>(M) * N;
     const int threads = 256;
     return launch(splitKReduceKernel, dim3(ceilDiv(static_cast<long long>(mn / 4), threads)), threads, 0, stream,

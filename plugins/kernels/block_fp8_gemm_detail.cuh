@@ -100,6 +100,52 @@ __device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
 #endif
 }
 
+// ---- Thread-block clusters (sm_90+; never reached in builds for older targets, where they trap) -------------------
+// Split-K inside one launch: the CTAs holding the k-splits of one output tile form a cluster, each leaves its FP32
+// partial tile in its own shared memory, and after clusterSync() every CTA sums a 1/splits share of the tile from
+// all of them (distributed shared memory, in split order 0, 1, ...: the reduce pass's order, so the same bits) and
+// stores BF16. A second clusterSync() keeps every CTA's shared memory alive until the others have read it.
+__device__ __forceinline__ void clusterSync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+// Address of the same shared-memory location in cluster CTA `rank`.
+__device__ __forceinline__ uint32_t clusterMapShared(uint32_t addr, uint32_t rank) {
+    uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+#endif
+    return r;
+}
+__device__ __forceinline__ float ldsCluster32(uint32_t addr) {
+    float v = 0.f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+#endif
+    return v;
+}
+__device__ __forceinline__ float4 ldsCluster128(uint32_t addr) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(addr)
+                 : "memory");
+#endif
+    return v;
+}
+// CTAs in this CTA's cluster (1 without a cluster launch; 1 before sm_90).
+__device__ __forceinline__ uint32_t clusterCtas() {
+    uint32_t n = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+#endif
+    return n;
+}
+
 // ---- Programmatic dependent launch (sm_90+) ------------------------------------------------------------------
 // Our kernels are launched with programmatic stream serialization, so a GEMM may start while the previous kernel
 // in the stream is still running. Weights and scales are constants and are read before waiting; activations are
@@ -143,20 +189,38 @@ inline bool usePdl() {
 
 // pdl = false: a plain launch, fully ordered after the previous stream operation (used where that operation is
 // not a kernel, e.g. a memset the kernel depends on).
+// cluster: thread-block cluster dimensions (sm_90+; {1, 1, 1} = no cluster); the grid must be a multiple of them.
 template <class... KArgs, class... Args>
-cudaError_t launchEx(bool pdl, void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream,
-                     Args... args) {
+cudaError_t launchClusterEx(bool pdl, dim3 cluster, void (*kernel)(KArgs...), dim3 grid, int threads, int smem,
+                            cudaStream_t stream, Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(threads);
     cfg.dynamicSmemBytes = static_cast<size_t>(smem);
     cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        ++n;
+    }
+    if (cluster.x * cluster.y * cluster.z > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster.x;
+        attr[n].val.clusterDim.y = cluster.y;
+        attr[n].val.clusterDim.z = cluster.z;
+        ++n;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+template <class... KArgs, class... Args>
+cudaError_t launchEx(bool pdl, void (*kernel)(KArgs...), dim3 grid, int threads, int smem, cudaStream_t stream,
+                     Args... args) {
+    return launchClusterEx(pdl, dim3(1, 1, 1), kernel, grid, threads, smem, stream, args...);
 }
 
 template <class... KArgs, class... Args>
@@ -170,12 +234,14 @@ bool wgmmaAvailable();
 
 // Runs the Hopper wgmma kernels with token tile `tokTile` (16, 32, 64, 128; 256 = the persistent kernel,
 // splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by
-// the caller's reduce pass). splits = 0: the stream-K kernel (tokTile 128 or 256), `partial` = its workspace of
+// the caller's reduce pass, or nullptr with `cluster`). splits = 0: the stream-K kernel (tokTile 128 or 256), `partial` = its workspace of
 // wgmmaStreamKWorkspace(tokTile) bytes, its flags in `sem` when given (else zeroed in the workspace by a memset),
 // no reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
 size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
+// cluster (token tiles 16-128, splits 2..8): the splits of a tile are one thread-block cluster that sums them in
+// the kernel (partial == nullptr).
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, cudaStream_t stream);
+                            int N, int K, int tokTile, int splits, bool cluster, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace trt_gemma4

@@ -80,6 +80,8 @@ struct WgShape {
     static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
     static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
     static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
+    static constexpr int CLU_PITCH = T / 2 + 4;        // cluster split-K: floats per consumer thread (+4: banks)
+    static_assert(256 * CLU_PITCH * 4 <= STAGES * STAGE, "the cluster partial tile must fit in the stage ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 
@@ -355,6 +357,9 @@ __global__ void __launch_bounds__(384, 1)
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
     initStageBarriers(fullBar, emptyBar, STAGES);
+    // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
+    const bool clustered = partial == nullptr && gridDim.y > 1;
+    if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
 
     const int wg = threadIdx.x >> 7;
     if (wg == 0) {
@@ -389,6 +394,10 @@ __global__ void __launch_bounds__(384, 1)
             }
         }
         allowDependents();
+        if (clustered) {  // the consumers' two cluster barriers count every thread of the cluster
+            clusterSync();
+            clusterSync();
+        }
         return;
     }
 
@@ -454,7 +463,7 @@ __global__ void __launch_bounds__(384, 1)
     // Accumulator layout (wgmma m64nN, FP32): acc[4j + {0,1,2,3}] = (row 16 w4 + g (+8 for 2,3), token 8j + 2t
     // (+1 for 1,3)); rows are output features n, tokens are output rows m.
     const int feat = 16 * w4 + g;
-    if (partial == nullptr) {
+    if (partial == nullptr && !clustered) {
         // Stage the BF16 tile as [token][64 features] (rows padded to 144 B: the 2-byte stores of a warp hit 16
         // distinct words), then write 16-byte pieces: each token's 64 features are 128 contiguous bytes of Y.
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
@@ -476,6 +485,46 @@ __global__ void __launch_bounds__(384, 1)
                 *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
                     *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
         }
+    } else if (clustered) {
+        // This CTA's FP32 partial tile into the free stage ring as [consumer thread][T/2 (+4 pad)] (16-byte pieces,
+        // conflict-free), then each CTA of the cluster sums a contiguous 1/splits share of the 4-value pieces over
+        // all splits in split order (the reduce pass's order) and stores them.
+        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+        float* mine = reinterpret_cast<float*>(smem) + (cw * 128 + tid) * Sh::CLU_PITCH;
+#pragma unroll
+        for (int j = 0; j < T / 8; ++j)
+            *reinterpret_cast<float4*>(mine + 4 * j) = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        clusterSync();
+        const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
+        constexpr int kPieces = 256 * (T / 8);
+        const int share = (kPieces + nz - 1) / nz;
+        const int end = min(kPieces, (z + 1) * share);
+        const uint32_t base = smemAddr(smem);
+#pragma unroll 1
+        for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
+            const int owner = p / (T / 8), j = p % (T / 8);  // owner = consumer thread (cw', tid') of the piece
+            const uint32_t a = base + static_cast<uint32_t>((owner * Sh::CLU_PITCH + 4 * j) * 4);
+            float4 v = ldsCluster128(clusterMapShared(a, 0));
+            for (int q = 1; q < nz; ++q) {
+                const float4 u = ldsCluster128(clusterMapShared(a, q));
+                v.x += u.x;
+                v.y += u.y;
+                v.z += u.z;
+                v.w += u.w;
+            }
+            const int ol = owner & 31;
+            const int n = n0 + 64 * (owner >> 7) + 16 * ((owner >> 5) & 3) + (ol >> 2);
+            const int m = m0 + 8 * j + 2 * (ol & 3);
+            if (n < N) {
+                if (m < M) Y[static_cast<size_t>(m) * N + n] = __float2bfloat16_rn(v.x);
+                if (m + 1 < M) Y[static_cast<size_t>(m + 1) * N + n] = __float2bfloat16_rn(v.y);
+            }
+            if (n + 8 < N) {
+                if (m < M) Y[static_cast<size_t>(m) * N + n + 8] = __float2bfloat16_rn(v.z);
+                if (m + 1 < M) Y[static_cast<size_t>(m + 1) * N + n + 8] = __float2bfloat16_rn(v.w);
+            }
+        }
+        clusterSync();  // our partial tile stays readable until every CTA of the cluster is done with it
     } else {
         float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
         const int n = n0 + 64 * cw + feat;
@@ -1020,7 +1069,7 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
 
 template <int T>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
-                          int K, int splits, cudaStream_t stream) {
+                          int K, int splits, bool cluster, cudaStream_t stream) {
     CUtensorMap tmW, tmX;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
@@ -1033,8 +1082,9 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const cudaError_t err =
         cudaFuncSetAttribute(wgmmaGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, WgShape<T>::SMEM);
     if (err != cudaSuccess) return err;
-    return launch(wgmmaGemmKernel<T>, dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream, tmW,
-                  tmX, S, static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T>,
+                           dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream, tmW, tmX, S,
+                           static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
 }
 
 }  // namespace
@@ -1062,7 +1112,7 @@ bool wgmmaAvailable() {
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, cudaStream_t stream) {
+                            int N, int K, int tokTile, int splits, bool cluster, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
         if (partial == nullptr) return cudaErrorInvalidValue;
@@ -1070,12 +1120,13 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
         if (tokTile == 128) return launchStreamK<128>(X, W, S, Y, partial, sem, M, N, K, stream);
         return cudaErrorInvalidValue;
     }
-    if (splits < 1 || (splits > 1) != (partial != nullptr)) return cudaErrorInvalidValue;
+    if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
+    if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
     switch (tokTile) {
-        case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, stream);
-        case 32: return launchTokTile<32>(X, W, S, Y, partial, M, N, K, splits, stream);
-        case 64: return launchTokTile<64>(X, W, S, Y, partial, M, N, K, splits, stream);
-        case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, stream);
+        case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 32: return launchTokTile<32>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 64: return launchTokTile<64>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
             return launchWide(X, W, S, Y, M, N, K, stream);
