@@ -80,8 +80,8 @@ struct WgShape {
     static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
     static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
     static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
-    static constexpr int CLU_PITCH = T / 2 + 4;        // cluster split-K: floats per consumer thread (+4: banks)
-    static_assert(256 * CLU_PITCH * 4 <= STAGES * STAGE, "the cluster partial tile must fit in the stage ring");
+    static constexpr int CLU_PITCH = kRows + 4;        // cluster split-K: floats per token row (+4: banks)
+    static_assert(T * CLU_PITCH * 4 <= STAGES * STAGE, "the cluster partial tile must fit in the stage ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 
@@ -490,43 +490,49 @@ __global__ void __launch_bounds__(384, 1)
                     *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
         }
     } else if (clustered) {
-        // This CTA's FP32 partial tile into the free stage ring as [consumer thread][T/2 (+4 pad)] (16-byte pieces,
-        // conflict-free), then each CTA of the cluster sums a contiguous 1/splits share of the 4-value pieces over
-        // all splits in split order (the reduce pass's order) and stores them.
+        // This CTA's FP32 partial tile into the free stage ring as [token][128 features (+4 pad: the writes of a
+        // warp hit 32 distinct banks)]; then each CTA of the cluster takes a contiguous 1/splits share of the
+        // tile's 4-feature pieces, sums each over all splits in split order (the reduce pass's order: the same bits)
+        // through distributed shared memory, and stores it as 8 bytes of BF16: a warp writes one token's 128
+        // features, 256 contiguous bytes of Y. (Storing single values from the accumulator layout instead, one
+        // token per lane, made the kernel 1.7x slower than the reduce pass: v23.)
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
         namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
-        float* mine = reinterpret_cast<float*>(smem) + (cw * 128 + tid) * Sh::CLU_PITCH;
+        float* tile = reinterpret_cast<float*>(smem);
+        const int f = 64 * cw + feat;
 #pragma unroll
-        for (int j = 0; j < T / 8; ++j)
-            *reinterpret_cast<float4*>(mine + 4 * j) = make_float4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        for (int j = 0; j < T / 8; ++j) {
+            float* r = tile + (8 * j + 2 * t) * Sh::CLU_PITCH + f;
+            r[0] = acc[4 * j];
+            r[Sh::CLU_PITCH] = acc[4 * j + 1];
+            r[8] = acc[4 * j + 2];
+            r[Sh::CLU_PITCH + 8] = acc[4 * j + 3];
+        }
         clusterSync();
         const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
-        constexpr int kPieces = 256 * (T / 8);
+        constexpr int kPieces = T * (kRows / 4);
         const int share = (kPieces + nz - 1) / nz;
         const int end = min(kPieces, (z + 1) * share);
         const uint32_t base = smemAddr(smem);
 #pragma unroll 1
         for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
-            const int owner = p / (T / 8), j = p % (T / 8);  // owner = consumer thread (cw', tid') of the piece
-            const uint32_t a = base + static_cast<uint32_t>((owner * Sh::CLU_PITCH + 4 * j) * 4);
+            const int tok = p / (kRows / 4), q = p % (kRows / 4);
+            const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
             float4 v = ldsCluster128(clusterMapShared(a, 0));
-            for (int q = 1; q < nz; ++q) {
-                const float4 u = ldsCluster128(clusterMapShared(a, q));
+            for (int r = 1; r < nz; ++r) {
+                const float4 u = ldsCluster128(clusterMapShared(a, r));
                 v.x += u.x;
                 v.y += u.y;
                 v.z += u.z;
                 v.w += u.w;
             }
-            const int ol = owner & 31;
-            const int n = n0 + 64 * (owner >> 7) + 16 * ((owner >> 5) & 3) + (ol >> 2);
-            const int m = m0 + 8 * j + 2 * (ol & 3);
-            if (n < N) {
-                if (m < M) Y[static_cast<size_t>(m) * N + n] = __float2bfloat16_rn(v.x);
-                if (m + 1 < M) Y[static_cast<size_t>(m + 1) * N + n] = __float2bfloat16_rn(v.y);
-            }
-            if (n + 8 < N) {
-                if (m < M) Y[static_cast<size_t>(m) * N + n + 8] = __float2bfloat16_rn(v.z);
-                if (m + 1 < M) Y[static_cast<size_t>(m + 1) * N + n + 8] = __float2bfloat16_rn(v.w);
+            const int m = m0 + tok, n = n0 + 4 * q;
+            if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+                uint2 out;
+                out.x = *reinterpret_cast<const uint32_t*>(&lo);
+                out.y = *reinterpret_cast<const uint32_t*>(&hi);
+                *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
             }
         }
         clusterSync();  // our partial tile stays readable until every CTA of the cluster is done with it
