@@ -1180,12 +1180,14 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K);
 }
 
 // Split-K on Hopper sums its partials inside the GEMM, across a thread-block cluster (config.cluster), wherever the
-// kernel implements it: no FP32 round trip through the workspace and no reduce-pass launch.
+// kernel implements it: no FP32 round trip through the workspace and no reduce-pass launch. Clusters of 2-4 CTAs
+// only: with one CTA per SM a GPC holds few clusters of 8 (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs
+// clustered vs 14.8 with the reduce pass; bench/NOTES_gemm.md v23).
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
     const bool kernelOk = c.kernel == BlockFp8GemmKernel::kStream || c.kernel == BlockFp8GemmKernel::kStreamSmem ||
                           (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128);
-    if (kernelOk && c.splits >= 2 && c.splits <= 8 && deviceMajor() == 9) c.cluster = 1;
+    if (kernelOk && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9) c.cluster = 1;
     return c;
 }
 
