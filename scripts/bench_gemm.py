@@ -433,12 +433,10 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
             default = default_config(m, n, k)[0]
             if only:
                 cands = [c for c in cands if c[0] in only]
-            # Every candidate as (..., cluster): split-K of 2-8 also summed across a thread-block cluster (sm_90+).
+            # Every candidate as (..., cluster): wgmma split-K of 2-8 also summed across a thread-block cluster.
             cands = [(*c, 0) for c in cands]
-            if torch.cuda.get_device_capability()[0] >= 9:
-                cands += [
-                    (*c[:6], 1) for c in cands if 2 <= c[4] <= 8 and (c[0] in (1, 5) or (c[0] == 3 and c[1] <= 128))
-                ]
+            if torch.cuda.get_device_capability()[0] == 9:
+                cands += [(*c[:6], 1) for c in cands if 2 <= c[4] <= 8 and c[0] == 3 and c[1] <= 128]
             cands = list(dict.fromkeys([*cands, default]))  # the default may already be a candidate: time it once
             timings = []
             for c in cands:

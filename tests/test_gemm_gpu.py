@@ -239,16 +239,12 @@ def test_wgmma_stream_k_is_deterministic(config: tuple[int, ...], n: int, k: int
         assert torch.equal(y, ys[0]), f"stream-K {config}: results differ between calls"
 
 
-# Split-K summed across a thread-block cluster (sm_90+): the streaming kernels (register and shared-memory rings, 1 and
-# 8 warps) and the wgmma token tiles, with 2..8 splits (8 on K = 1040: splits with no k-blocks).
-CLUSTER_CONFIGS = [(1, 1, 1, 8, 2, 3), (1, 2, 2, 4, 3, 2), (1, 4, 1, 1, 8, 2), (1, 1, 1, 1, 5, 4)]
-CLUSTER_CONFIGS += [(5, 1, 1, 8, 4, 3), (5, 2, 1, 4, 2, 3), (5, 2, 2, 1, 8, 2)]
-CLUSTER_CONFIGS += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5), (128, 4), (128, 8))]
+# Split-K summed across a thread-block cluster (sm_90): the wgmma token tiles with 2..8 splits (8 on K = 1040: splits
+# with no k-blocks; 3 and 5: shares of the tile that are not powers of two).
+CLUSTER_CONFIGS = [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5), (64, 3), (128, 2), (128, 4), (128, 8))]
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="clusters are sm_90+"
-)
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel (and its cluster split-K) is sm_90a only")
 @pytest.mark.parametrize("config", CLUSTER_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
 @pytest.mark.parametrize(
     ("n", "k", "m"), [(144, 1040, 37), (320, 2064, 13), (1024, 8192, 16), (3840, 4096, 130)], ids=str
@@ -256,8 +252,6 @@ CLUSTER_CONFIGS += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5),
 def test_cluster_split_k_is_bit_identical_to_reduce_pass(config: tuple[int, ...], n: int, k: int, m: int) -> None:
     """Fresh inputs, NaN-poisoned output, against fp64; the cluster sums the splits in the reduce pass's order, so the
     same bits as the workspace form, on every call."""
-    if config[0] == 3 and not _is_hopper():
-        pytest.skip("the wgmma kernel is sm_90a only")
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     x, w, s = random_problem(m, n, k, gen)
     run = torch.ops.trt_gemma4.block_fp8_gemm_config
@@ -350,12 +344,10 @@ def test_ops_raise_on_bad_calls() -> None:
         ops.block_fp8_gemm_out(x, w, s, torch.empty(4, 128, device="cuda"))
     with pytest.raises(RuntimeError, match="kernel=1 tile=2 splits=1 cluster=0"):  # 9 warps: no such configuration
         ops.block_fp8_gemm_config(x, w, s, 1, 2, 2, 9, 1, depth=2)
-    with pytest.raises(
-        RuntimeError, match="kernel=2 tile=1 splits=2 cluster=1"
-    ):  # the tiled kernel has no cluster form
-        ops.block_fp8_gemm_config(x, w, s, 2, 1, 1, 1, 2, depth=2, cluster=True)
+    with pytest.raises(RuntimeError, match="kernel=1 tile=1 splits=2 cluster=1"):  # only the wgmma kernel has one
+        ops.block_fp8_gemm_config(x, w, s, 1, 1, 1, 4, 2, depth=2, cluster=True)
     with pytest.raises(RuntimeError, match="splits=9 cluster=1"):  # over the portable cluster size
-        ops.block_fp8_gemm_config(x, w, s, 1, 1, 1, 4, 9, depth=2, cluster=True)
+        ops.block_fp8_gemm_config(x, w, s, 3, 64, 1, 1, 9, depth=2, cluster=True)
 
 
 # ---- Triton wgmma path (trt_gemma4/kernels/triton_gemm.py) ----

@@ -397,59 +397,27 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         const int row = n0 + 16 * r + (ln >> 2) + ((i & 2) ? 8 : 0);
         const int tok = m0 + 8 * nt + 2 * (ln & 3) + (i & 1);
         if (row < N && tok < M) {
-            if (partial == nullptr) {
+            if (gridDim.z == 1) {
                 Y[static_cast<size_t>(tok) * N + row] = __float2bfloat16_rn(v);
             } else {
                 partial[(static_cast<size_t>(split) * M + tok) * N + row] = v;
             }
         }
     };
-    // Split-K without a workspace: the gridDim.z splits of this tile are one thread-block cluster (config.cluster).
-    const bool clustered = partial == nullptr && gridDim.z > 1;
-    if (clustered && clusterCtas() != gridDim.z) __trap();  // launched without its cluster: never sum half a tile
-    if (warps == 1 && !clustered) {
+    if (warps == 1) {
 #pragma unroll
         for (int e = 0; e < kElems; ++e) store(e, lane, (&acc[0][0][0])[e]);
         return;
     }
     // Layout red[warp][e][lane]: conflict-free writes, and the reduction below reads consecutive lanes.
-    if (warps > 1) {
 #pragma unroll
-        for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0][0])[e];
-        __syncthreads();
-    }
-    if (!clustered) {
-        for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
-            float v = 0.f;
-            for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
-            store(idx >> 5, idx & 31, v);
-        }
-        return;
-    }
-    // Cluster: this CTA's sum over its warps (the partial the reduce pass would read) in csum[e][lane], then each CTA
-    // of the cluster sums a contiguous 1/splits share of the tile over all splits in split order and stores it.
-    float* csum = red + (warps > 1 ? warps * kElems * 32 : 0);
-    if (warps == 1) {
-#pragma unroll
-        for (int e = 0; e < kElems; ++e) csum[e * 32 + lane] = (&acc[0][0][0])[e];
-    } else {
-        for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
-            float v = 0.f;
-            for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
-            csum[idx] = v;
-        }
-    }
-    clusterSync();
-    const int nz = static_cast<int>(gridDim.z);
-    const int share = (kElems * 32 + nz - 1) / nz;
-    const int end = min(kElems * 32, (split + 1) * share);
-    for (int idx = split * share + static_cast<int>(threadIdx.x); idx < end; idx += blockDim.x) {
-        const uint32_t a = smemAddr(csum + idx);
-        float v = ldsCluster32(clusterMapShared(a, 0));
-        for (int z = 1; z < nz; ++z) v += ldsCluster32(clusterMapShared(a, z));
+    for (int e = 0; e < kElems; ++e) red[(warp * kElems + e) * 32 + lane] = (&acc[0][0][0])[e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kElems * 32; idx += blockDim.x) {
+        float v = 0.f;
+        for (int w = 0; w < warps; ++w) v += red[w * kElems * 32 + idx];
         store(idx >> 5, idx & 31, v);
     }
-    clusterSync();  // our csum stays readable until every CTA of the cluster is done with it
 }
 
 // --------------------------------------------------------------------------------------------------------------
@@ -1007,18 +975,16 @@ int gProbeStreamFull = 1;
 #endif
 namespace {
 
-// Dynamic shared memory of a streaming-kernel launch: the kStreamSmem rings, then the cross-warp reduction buffer,
-// then (cluster split-K) the CTA's summed partial tile.
-int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps, bool cluster = false) {
+// Dynamic shared memory of a streaming-kernel launch: the kStreamSmem rings, then the cross-warp reduction buffer.
+int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps) {
     const int ring = smemRing ? warps * depth * (rg * 4 * 32 + rg * 8) * 16 : 0;
-    const int tile = rg * nt * 4 * 32 * static_cast<int>(sizeof(float));
-    return ring + (warps > 1 ? warps * tile : 0) + (cluster ? tile : 0);
+    return ring + (warps > 1 ? warps * rg * nt * 4 * 32 * static_cast<int>(sizeof(float)) : 0);
 }
 
 template <int NT, int RG, int DEPTH, bool SMEM>
-cudaError_t launchStream(dim3 grid, int warps, bool cluster, const __nv_bfloat16* X, const uint8_t* W,
-                         const float* S, __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
-    const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps, cluster);
+cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uint8_t* W, const float* S,
+                         __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+    const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps);
     bool full = K % kBlock == 0 && N % (16 * RG) == 0;
 #ifdef TRT_GEMMA4_PROBE_SWITCHES  // scripts/probe_stream_bw.cu only: A/B of the two forms in one process
     full = full && gProbeStreamFull != 0;
@@ -1028,8 +994,7 @@ cudaError_t launchStream(dim3 grid, int warps, bool cluster, const __nv_bfloat16
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
     }
-    return launchClusterEx(usePdl(), dim3(1, 1, cluster ? grid.z : 1), kernel, grid, warps * 32, smem, stream, X, W,
-                           S, Y, partial, M, N, K);
+    return launch(kernel, grid, warps * 32, smem, stream, X, W, S, Y, partial, M, N, K);
 }
 
 // kBulk: `consumers` consumer warps, `stages` ring stages, `splits` k-splits (> 1: FP32 partials, reduce pass).
@@ -1179,15 +1144,16 @@ namespace {
 BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K);
 }
 
-// Split-K on Hopper sums its partials inside the GEMM, across a thread-block cluster (config.cluster), wherever the
-// kernel implements it: no FP32 round trip through the workspace and no reduce-pass launch. Clusters of 2-4 CTAs
-// only: with one CTA per SM a GPC holds few clusters of 8 (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs
-// clustered vs 14.8 with the reduce pass; bench/NOTES_gemm.md v23).
+// Split-K of the wgmma token tiles sums its partials inside the GEMM, across a thread-block cluster (config.cluster):
+// no FP32 round trip through the workspace and no reduce-pass launch (H200, M = 32-256: 3-9% faster where split-K
+// is used; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs only: with one CTA per SM a GPC holds few clusters of 8
+// (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs clustered vs 14.8 with the reduce pass). The streaming
+// kernels (M <= 16) keep the reduce pass: a cluster form of them measured no faster (v20) and its extra code slowed
+// the M = 16 stack.
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
-    const bool kernelOk = c.kernel == BlockFp8GemmKernel::kStream || c.kernel == BlockFp8GemmKernel::kStreamSmem ||
-                          (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128);
-    if (kernelOk && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9) c.cluster = 1;
+    if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
+        c.cluster = 1;
     return c;
 }
 
@@ -1335,12 +1301,10 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
-    // Cluster split-K: 2..8 splits (the portable cluster size) of the kernels that implement it, on sm_90+.
+    // Cluster split-K: 2..8 splits (the portable cluster size) of the wgmma token-tile kernel (sm_90).
     const bool cluster = config.cluster != 0;
     if (cluster) {
-        const bool kernelOk = config.kernel == BlockFp8GemmKernel::kStream ||
-                              config.kernel == BlockFp8GemmKernel::kStreamSmem ||
-                              (config.kernel == BlockFp8GemmKernel::kWgmma && config.tile <= 128);
+        const bool kernelOk = config.kernel == BlockFp8GemmKernel::kWgmma && config.tile <= 128;
         if (!kernelOk || config.splits < 2 || config.splits > 8) return cudaErrorInvalidValue;
         if (deviceMajor() < 9) return cudaErrorNotSupported;
     }
@@ -1362,7 +1326,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
 #define TRT_GEMMA4_STREAM_CASE(SMEM_, NT_, RG_, DEPTH_)                                                         \
     if (!found && smemRing == SMEM_ && nt == NT_ && rg == RG_ && depth == DEPTH_) {                              \
         found = true;                                                                                            \
-        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, cluster, X, W, S, Y, partial, M, N, K, stream); \
+        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);          \
     }
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 2)
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 3)

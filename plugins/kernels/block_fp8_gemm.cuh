@@ -82,11 +82,10 @@ struct BlockFp8GemmConfig {
                         // streamSmem: ring stages, tile 1: 3-5 (row groups 2: 2-3), tile 2: 3-4 (row groups 2:
                         // 2-3), tile 4: 2-3;
                         // bulk: shared-memory ring stages (2..8)
-    int cluster = 0;    // split-K (splits 2..8) of kStream, kStreamSmem and kWgmma token tiles 16-128, sm_90+ only:
-                        // 1 = the splits of one output tile run as a thread-block cluster and sum their FP32
-                        // partials through distributed shared memory inside the GEMM (no workspace, no reduce pass;
-                        // the same sums in the same order, so the same bits); 0 = FP32 partials in the workspace
-                        // and the reduce pass
+    int cluster = 0;    // split-K (splits 2..8) of the kWgmma token tiles 16-128, sm_90 only: 1 = the splits of one
+                        // output tile run as a thread-block cluster and sum their FP32 partials through distributed
+                        // shared memory inside the GEMM (no workspace, no reduce pass; the same sums in the same
+                        // order, so the same bits); 0 = FP32 partials in the workspace and the reduce pass
 };
 
 // Semaphores: an optional int32 buffer of kBlockFp8GemmSemaphores entries, zeroed ONCE by its owner (e.g.

@@ -101,10 +101,11 @@ __device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
 }
 
 // ---- Thread-block clusters (sm_90+; never reached in builds for older targets, where they trap) -------------------
-// Split-K inside one launch: the CTAs holding the k-splits of one output tile form a cluster, each leaves its FP32
-// partial tile in its own shared memory, and after clusterSync() every CTA sums a 1/splits share of the tile from
-// all of them (distributed shared memory, in split order 0, 1, ...: the reduce pass's order, so the same bits) and
-// stores BF16. A second clusterSync() keeps every CTA's shared memory alive until the others have read it.
+// Split-K inside one launch (the wgmma token-tile kernel, block_fp8_gemm_sm90.cu): the CTAs holding the k-splits of
+// one output tile form a cluster, each leaves its FP32 partial tile in its own shared memory, and after clusterSync()
+// every CTA sums a 1/splits share of the tile from all of them (distributed shared memory, in split order 0, 1, ...:
+// the reduce pass's order, so the same bits) and stores BF16. A second clusterSync() keeps every CTA's shared memory
+// alive until the others have read it.
 __device__ __forceinline__ void clusterSync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
@@ -119,13 +120,6 @@ __device__ __forceinline__ uint32_t clusterMapShared(uint32_t addr, uint32_t ran
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
 #endif
     return r;
-}
-__device__ __forceinline__ float ldsCluster32(uint32_t addr) {
-    float v = 0.f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
-#endif
-    return v;
 }
 __device__ __forceinline__ float4 ldsCluster128(uint32_t addr) {
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
