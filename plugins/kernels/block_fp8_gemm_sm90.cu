@@ -34,7 +34,9 @@
 // ---- Edges -----------------------------------------------------------------------------------------------------
 // TMA zero-fills rows >= N, tokens >= M and k >= K, so partial 128-blocks need no code; the epilogue skips
 // tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all out). Split-K: CTA z takes a contiguous
-// range of k-blocks and writes FP32 partials; the reduce pass of block_fp8_gemm.cu sums them.
+// range of k-blocks and writes FP32 partials that the reduce pass of block_fp8_gemm.cu sums, or (config.cluster,
+// the Hopper default for 2-4 splits) the splits of a tile run as one thread-block cluster and sum their partials
+// through distributed shared memory in the same order, so the same bits, with no workspace and no second launch.
 //
 // The kernel body exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL); any other device compile
 // traps. The host side (wgmmaAvailable) launches only on an sm_90 device whose loaded image was compiled from
@@ -396,8 +398,9 @@ __global__ void __launch_bounds__(384, 1)
         }
         allowDependents();
         if (clustered) {  // the consumers' two cluster barriers count every thread of the cluster
-            // Parked on a CTA barrier (no issue slots) until the consumers reach the epilogue: waiting in
-            // barrier.cluster.wait through the main loop made the kernel 1.7x slower (tensor pipe 29% vs 50% active).
+            // Parked on a CTA barrier until the consumers reach the epilogue rather than in barrier.cluster.wait
+            // through the main loop (measured the same either way: the 1.7x slowdown of the first cluster form was
+            // its epilogue's stores, bench/NOTES_gemm.md v23).
             namedBarrier(kProducerPark, 384);
             clusterSync();
             clusterSync();
@@ -494,8 +497,8 @@ __global__ void __launch_bounds__(384, 1)
         // warp hit 32 distinct banks)]; then each CTA of the cluster takes a contiguous 1/splits share of the
         // tile's 4-feature pieces, sums each over all splits in split order (the reduce pass's order: the same bits)
         // through distributed shared memory, and stores it as 8 bytes of BF16: a warp writes one token's 128
-        // features, 256 contiguous bytes of Y. (Storing single values from the accumulator layout instead, one
-        // token per lane, made the kernel 1.7x slower than the reduce pass: v23.)
+        // features, 256 contiguous bytes of Y. (Storing single 2-byte values from the accumulator layout instead,
+        // 32 tokens per warp store, made the kernel 1.7x slower than the reduce pass: bench/NOTES_gemm.md v23.)
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
         namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
         float* tile = reinterpret_cast<float*>(smem);
