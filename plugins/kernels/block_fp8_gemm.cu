@@ -1141,23 +1141,6 @@ BlockFp8GemmConfig withSmemRing(BlockFp8GemmConfig c, int depth) {
 }
 
 namespace {
-BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K);
-}
-
-// Split-K of the wgmma token tiles sums its partials inside the GEMM, across a thread-block cluster (config.cluster):
-// no FP32 round trip through the workspace and no reduce-pass launch (H200, M = 32-256: 3-9% faster where split-K
-// is used; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs only: with one CTA per SM a GPC holds few clusters of 8
-// (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs clustered vs 14.8 with the reduce pass). The streaming
-// kernels (M <= 16) keep the reduce pass: a cluster form of them measured no faster (v20) and its extra code slowed
-// the M = 16 stack.
-BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
-    BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
-    if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
-        c.cluster = 1;
-    return c;
-}
-
-namespace {
 BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
     const int sms = smCount();
     const int kBlocks = ceilDiv(K, kBlock);
@@ -1279,6 +1262,18 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
     return c;
 }
 }  // namespace
+
+// Split-K of the wgmma token tiles sums its partials inside the GEMM, across a thread-block cluster (config.cluster):
+// no FP32 round trip through the workspace and no reduce-pass launch (M = 32-256 where K is split: up to 9% faster on
+// an H200, 12% on an H100; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs only: with one CTA per SM a GPC holds few
+// clusters of 8 (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs clustered vs 14.8 with the reduce pass). The
+// streaming kernels (M <= 16) keep the reduce pass: their cluster form measured no faster (v20, v23).
+BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
+    BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
+    if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
+        c.cluster = 1;
+    return c;
+}
 
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int /*K*/) {
     if (config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0) return wgmmaStreamKWorkspace(config.tile);
