@@ -74,7 +74,7 @@ struct BlockFp8GemmConfig {
                         // a CTA always covers 128 weight rows
     int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
     int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8); bulk: consumer warps
-    int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass;
+    int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass (unless cluster);
                         // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'
                         // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
                         // and one FP32 partial tile per SM)
@@ -101,7 +101,8 @@ constexpr int kBlockFp8GemmSemaphores = 4096;
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K);
 
 // Workspace bytes blockFp8WoGemm needs for (M, N, K) with the default configuration on the current device
-// (0 when no split-K is used). For a hand-set configuration use blockFp8WoGemmWorkspaceFor.
+// (0 when no split-K is used or its splits sum inside a cluster). For a hand-set configuration use
+// blockFp8WoGemmWorkspaceFor.
 size_t blockFp8WoGemmWorkspace(int M, int N, int K);
 size_t blockFp8WoGemmWorkspaceFor(const BlockFp8GemmConfig& config, int M, int N, int K);
 
