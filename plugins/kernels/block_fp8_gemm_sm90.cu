@@ -517,39 +517,64 @@ __global__ void __launch_bounds__(384, 1)
         const int share = (kPieces + nz - 1) / nz;
         const int end = min(kPieces, (z + 1) * share);
         const uint32_t base = smemAddr(smem);
-        // kBatch pieces per thread at a time, each split's loads of the batch issued together: one distributed
-        // shared-memory round trip per split and batch instead of one per piece and split.
-        constexpr int kBatch = 8;
+        if (nz == 2) {
+            // Two splits: kBatch pieces per thread at a time, each split's loads of the batch issued together (one
+            // distributed shared-memory round trip per split and batch: qkv M = 128 18.7 vs 19.5 µs); with more splits
+            // the batched form measured slower than one piece at a time (bench/NOTES_gemm.md v23).
+            constexpr int kBatch = 8;
 #pragma unroll 1
-        for (int p0 = z * share + cw * 128 + tid; p0 < end; p0 += 256 * kBatch) {
-            uint32_t a[kBatch];
-            float4 v[kBatch];
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const int p = p0 + 256 * b;  // pieces past the share are neither loaded nor stored
-                a[b] = base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
-                v[b] = p < end ? ldsCluster128(clusterMapShared(a[b], 0)) : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-            for (int r = 1; r < nz; ++r) {
-                float4 u[kBatch];
-#pragma unroll
-                for (int b = 0; b < kBatch; ++b)
-                    u[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(a[b], r)) : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int p0 = z * share + cw * 128 + tid; p0 < end; p0 += 256 * kBatch) {
+                uint32_t a[kBatch];
+                float4 v[kBatch];
 #pragma unroll
                 for (int b = 0; b < kBatch; ++b) {
-                    v[b].x += u[b].x;
-                    v[b].y += u[b].y;
-                    v[b].z += u[b].z;
-                    v[b].w += u[b].w;
+                    const int p = p0 + 256 * b;  // pieces past the share are neither loaded nor stored
+                    a[b] = base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
+                    v[b] = p < end ? ldsCluster128(clusterMapShared(a[b], 0)) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                for (int r = 1; r < nz; ++r) {
+                    float4 u[kBatch];
+#pragma unroll
+                    for (int b = 0; b < kBatch; ++b)
+                        u[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(a[b], r)) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                    for (int b = 0; b < kBatch; ++b) {
+                        v[b].x += u[b].x;
+                        v[b].y += u[b].y;
+                        v[b].z += u[b].z;
+                        v[b].w += u[b].w;
+                    }
+                }
+#pragma unroll
+                for (int b = 0; b < kBatch; ++b) {
+                    const int p = p0 + 256 * b;
+                    const int m = m0 + p / (kRows / 4), n = n0 + 4 * (p % (kRows / 4));
+                    if (p < end && m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                        const __nv_bfloat162 lo = __floats2bfloat162_rn(v[b].x, v[b].y);
+                        const __nv_bfloat162 hi = __floats2bfloat162_rn(v[b].z, v[b].w);
+                        uint2 out;
+                        out.x = *reinterpret_cast<const uint32_t*>(&lo);
+                        out.y = *reinterpret_cast<const uint32_t*>(&hi);
+                        *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
+                    }
                 }
             }
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const int p = p0 + 256 * b;
-                const int m = m0 + p / (kRows / 4), n = n0 + 4 * (p % (kRows / 4));
-                if (p < end && m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
-                    const __nv_bfloat162 lo = __floats2bfloat162_rn(v[b].x, v[b].y);
-                    const __nv_bfloat162 hi = __floats2bfloat162_rn(v[b].z, v[b].w);
+        } else {
+#pragma unroll 1
+            for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
+                const int tok = p / (kRows / 4), q = p % (kRows / 4);
+                const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
+                float4 v = ldsCluster128(clusterMapShared(a, 0));
+                for (int r = 1; r < nz; ++r) {
+                    const float4 u = ldsCluster128(clusterMapShared(a, r));
+                    v.x += u.x;
+                    v.y += u.y;
+                    v.z += u.z;
+                    v.w += u.w;
+                }
+                const int m = m0 + tok, n = n0 + 4 * q;
+                if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
                     uint2 out;
                     out.x = *reinterpret_cast<const uint32_t*>(&lo);
                     out.y = *reinterpret_cast<const uint32_t*>(&hi);
