@@ -518,9 +518,10 @@ __global__ void __launch_bounds__(384, 1)
         const int end = min(kPieces, (z + 1) * share);
         const uint32_t base = smemAddr(smem);
         if (nz == 2) {
-            // Two splits: kBatch pieces per thread at a time, each split's loads of the batch issued together (one
-            // distributed shared-memory round trip per split and batch: qkv M = 128 18.7 vs 19.5 µs); with more splits
-            // the batched form measured slower than one piece at a time (bench/NOTES_gemm.md v23).
+            // Two splits: kBatch pieces per thread at a time, each split's loads of the batch issued together, one
+            // distributed shared-memory round trip per split and batch (H200, qkv M = 128: 0.91x the reduce-pass
+            // form's time, 0.93x one piece at a time); with 4 splits the batched form measured slower than one piece
+            // at a time (bench/NOTES_gemm.md v23).
             constexpr int kBatch = 8;
 #pragma unroll 1
             for (int p0 = z * share + cw * 128 + tid; p0 < end; p0 += 256 * kBatch) {
