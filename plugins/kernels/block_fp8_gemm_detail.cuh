@@ -227,13 +227,12 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, int threads, int smem, c
 bool wgmmaAvailable();
 
 // Runs the Hopper wgmma kernels with token tile `tokTile` (16, 32, 64, 128; 256 = the persistent kernel,
-// splits = 1) and `splits` k-splits (partial != nullptr when splits > 1: FP32 partials [splits][M][N], summed by
-// the caller's reduce pass, or nullptr with `cluster`). splits = 0: the stream-K kernel (tokTile 128 or 256), `partial` = its workspace of
-// wgmmaStreamKWorkspace(tokTile) bytes, its flags in `sem` when given (else zeroed in the workspace by a memset),
-// no reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
+// splits = 1) and `splits` k-splits: partial != nullptr when splits > 1 (FP32 partials [splits][M][N], summed by
+// the caller's reduce pass), except with `cluster` (token tiles 16-128, splits 2..8: the splits of a tile are one
+// thread-block cluster that sums them in the kernel; partial == nullptr). splits = 0: the stream-K kernel (tokTile
+// 128 or 256), `partial` = its workspace of wgmmaStreamKWorkspace(tokTile) bytes, its flags in `sem` when given
+// (else zeroed in the workspace by a memset), no reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
 size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
-// cluster (token tiles 16-128, splits 2..8): the splits of a tile are one thread-block cluster that sums them in
-// the kernel (partial == nullptr).
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, bool cluster, cudaStream_t stream);
 
