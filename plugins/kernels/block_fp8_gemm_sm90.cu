@@ -63,7 +63,9 @@ namespace {
 // Speed-of-light probes for the benchmark notes (scripts/sol_gemm_sm90.sh builds them; never set in a real build):
 // bit 1 skips the FP8 -> BF16 conversion, bit 2 also the weight loads from shared memory, bit 4 the accumulator
 // rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
-// by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel).
+// by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
+// token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
+// and stores (bench/NOTES_gemm.md v24).
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -375,12 +377,12 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
-            for (int i = 0; i < pre; ++i) {
+            for (int i = 0; i < pre && !(TRT_GEMMA4_SOL & 32); ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
                 tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * i);
                 tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * i);
@@ -390,8 +392,9 @@ __global__ void __launch_bounds__(384, 1)
                 const int s = i % STAGES;
                 mbarWait(emptyBar + 8 * s, ((i / STAGES) - 1) & 1);
                 const uint32_t st = sbase + s * Sh::STAGE;
-                mbarExpectTx(fullBar + 8 * s, Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * s, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
+                if (TRT_GEMMA4_SOL & 32) continue;  // (probe 32: no activation loads, wrong results)
                 tmaLoad2d(st + Sh::W_BYTES, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
                 tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
             }
@@ -515,7 +518,7 @@ __global__ void __launch_bounds__(384, 1)
         const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
         constexpr int kPieces = T * (kRows / 4);
         const int share = (kPieces + nz - 1) / nz;
-        const int end = min(kPieces, (z + 1) * share);
+        const int end = (TRT_GEMMA4_SOL & 64) ? 0 : min(kPieces, (z + 1) * share);  // (probe 64: no sums, no stores)
         const uint32_t base = smemAddr(smem);
         if (nz == 2) {
             // Two splits: kBatch pieces per thread at a time, each split's loads of the batch issued together, one
