@@ -131,23 +131,6 @@ __device__ __forceinline__ float4 ldsCluster128(uint32_t addr) {
 #endif
     return v;
 }
-// Split r's 16 bytes at `addr` (an address in this CTA's shared memory) for the CTA of rank z: its own partial tile
-// through the local shared-memory path, a peer's through distributed shared memory. (Reading the own tile through
-// ld.shared::cluster too cost split-K clusters as much as a peer's: bench/NOTES_gemm.md v24.)
-__device__ __forceinline__ float4 ldsSplit128(uint32_t addr, uint32_t r, uint32_t z) {
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (r == z) {
-        asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];"
-                     : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                     : "r"(addr)
-                     : "memory");
-        return v;
-    }
-    return ldsCluster128(clusterMapShared(addr, r));
-#endif
-    return v;
-}
 // CTAs in this CTA's cluster (1 without a cluster launch; 1 before sm_90).
 __device__ __forceinline__ uint32_t clusterCtas() {
     uint32_t n = 1;

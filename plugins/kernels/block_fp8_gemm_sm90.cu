@@ -534,13 +534,13 @@ __global__ void __launch_bounds__(384, 1)
                 for (int b = 0; b < kBatch; ++b) {
                     const int p = p0 + 256 * b;  // pieces past the share are neither loaded nor stored
                     a[b] = base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
-                    v[b] = p < end ? ldsSplit128(a[b], 0, z) : make_float4(0.f, 0.f, 0.f, 0.f);
+                    v[b] = p < end ? ldsCluster128(clusterMapShared(a[b], 0)) : make_float4(0.f, 0.f, 0.f, 0.f);
                 }
                 for (int r = 1; r < nz; ++r) {
                     float4 u[kBatch];
 #pragma unroll
                     for (int b = 0; b < kBatch; ++b)
-                        u[b] = p0 + 256 * b < end ? ldsSplit128(a[b], r, z) : make_float4(0.f, 0.f, 0.f, 0.f);
+                        u[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(a[b], r)) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
                     for (int b = 0; b < kBatch; ++b) {
                         v[b].x += u[b].x;
@@ -568,9 +568,9 @@ __global__ void __launch_bounds__(384, 1)
             for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
                 const int tok = p / (kRows / 4), q = p % (kRows / 4);
                 const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
-                float4 v = ldsSplit128(a, 0, z);
+                float4 v = ldsCluster128(clusterMapShared(a, 0));
                 for (int r = 1; r < nz; ++r) {
-                    const float4 u = ldsSplit128(a, r, z);
+                    const float4 u = ldsCluster128(clusterMapShared(a, r));
                     v.x += u.x;
                     v.y += u.y;
                     v.z += u.z;
