@@ -113,22 +113,6 @@ __device__ __forceinline__ void clusterSync() {
     __trap();
 #endif
 }
-// clusterSync() in two halves, so that work can go between them (the arrive releases this thread's prior memory
-// accesses to the cluster, the wait acquires the others').
-__device__ __forceinline__ void clusterArrive() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release;" ::: "memory");
-#elif defined(__CUDA_ARCH__)
-    __trap();
-#endif
-}
-__device__ __forceinline__ void clusterWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
-#elif defined(__CUDA_ARCH__)
-    __trap();
-#endif
-}
 // Address of the same shared-memory location in cluster CTA `rank`.
 __device__ __forceinline__ uint32_t clusterMapShared(uint32_t addr, uint32_t rank) {
     uint32_t r = 0;

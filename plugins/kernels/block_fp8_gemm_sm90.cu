@@ -517,71 +517,76 @@ __global__ void __launch_bounds__(384, 1)
         clusterSync();
         const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
         constexpr int kPieces = T * (kRows / 4);
-        // A thread's pieces: share / 256 <= kPieces / (2 * 256) = T / 16 <= 8 (nz >= 2 here).
-        constexpr int kMaxPieces = 8;
-        static_assert(kPieces / 2 <= 256 * kMaxPieces, "a thread's share of the tile exceeds kMaxPieces");
         const int share = (kPieces + nz - 1) / nz;
         const int end = (TRT_GEMMA4_SOL & 64) ? 0 : min(kPieces, (z + 1) * share);  // (probe 64: no sums, no stores)
-        const int p0 = z * share + cw * 128 + tid;  // this thread's pieces: p0 + 256 b, b < kMaxPieces, below end
         const uint32_t base = smemAddr(smem);
-        auto pieceAddr = [&](int p) {
-            return base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
-        };
-        // Sums first, into registers; stores after this CTA's release-arrive on the cluster barrier, so that its
-        // release (MEMBAR.ALL.GPU in SASS) has no output stores to wait for, and the barrier's round trip overlaps
-        // the stores (H200: 1-4.5% on the clustered cells against arriving after the stores, bench/NOTES_gemm.md v24).
-        float4 v[kMaxPieces];
         if (nz == 2) {
-            // Two splits: each split's loads of all the thread's pieces issued together, one distributed
-            // shared-memory round trip per split (H200, qkv M = 128: 0.91x the reduce-pass form's time, 0.93x one
-            // piece at a time); with 4 splits this batching measured slower than one piece at a time (v23).
+            // Two splits: kBatch pieces per thread at a time, each split's loads of the batch issued together, one
+            // distributed shared-memory round trip per split and batch (H200, qkv M = 128: 0.91x the reduce-pass
+            // form's time, 0.93x one piece at a time); with 4 splits the batched form measured slower than one piece
+            // at a time (bench/NOTES_gemm.md v23).
+            constexpr int kBatch = 8;
+#pragma unroll 1
+            for (int p0 = z * share + cw * 128 + tid; p0 < end; p0 += 256 * kBatch) {
+                uint32_t a[kBatch];
+                float4 v[kBatch];
 #pragma unroll
-            for (int b = 0; b < kMaxPieces; ++b)
-                v[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(pieceAddr(p0 + 256 * b), 0))
-                                          : make_float4(0.f, 0.f, 0.f, 0.f);
-            float4 u[kMaxPieces];
+                for (int b = 0; b < kBatch; ++b) {
+                    const int p = p0 + 256 * b;  // pieces past the share are neither loaded nor stored
+                    a[b] = base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
+                    v[b] = p < end ? ldsCluster128(clusterMapShared(a[b], 0)) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                for (int r = 1; r < nz; ++r) {
+                    float4 u[kBatch];
 #pragma unroll
-            for (int b = 0; b < kMaxPieces; ++b)
-                u[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(pieceAddr(p0 + 256 * b), 1))
-                                          : make_float4(0.f, 0.f, 0.f, 0.f);
+                    for (int b = 0; b < kBatch; ++b)
+                        u[b] = p0 + 256 * b < end ? ldsCluster128(clusterMapShared(a[b], r)) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-            for (int b = 0; b < kMaxPieces; ++b) {
-                v[b].x += u[b].x;
-                v[b].y += u[b].y;
-                v[b].z += u[b].z;
-                v[b].w += u[b].w;
+                    for (int b = 0; b < kBatch; ++b) {
+                        v[b].x += u[b].x;
+                        v[b].y += u[b].y;
+                        v[b].z += u[b].z;
+                        v[b].w += u[b].w;
+                    }
+                }
+#pragma unroll
+                for (int b = 0; b < kBatch; ++b) {
+                    const int p = p0 + 256 * b;
+                    const int m = m0 + p / (kRows / 4), n = n0 + 4 * (p % (kRows / 4));
+                    if (p < end && m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                        const __nv_bfloat162 lo = __floats2bfloat162_rn(v[b].x, v[b].y);
+                        const __nv_bfloat162 hi = __floats2bfloat162_rn(v[b].z, v[b].w);
+                        uint2 out;
+                        out.x = *reinterpret_cast<const uint32_t*>(&lo);
+                        out.y = *reinterpret_cast<const uint32_t*>(&hi);
+                        *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
+                    }
+                }
             }
         } else {
-#pragma unroll
-            for (int b = 0; b < kMaxPieces; ++b) {
-                const int p = p0 + 256 * b;
-                if (p >= end) continue;
-                const uint32_t a = pieceAddr(p);
-                v[b] = ldsCluster128(clusterMapShared(a, 0));
+#pragma unroll 1
+            for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
+                const int tok = p / (kRows / 4), q = p % (kRows / 4);
+                const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
+                float4 v = ldsCluster128(clusterMapShared(a, 0));
                 for (int r = 1; r < nz; ++r) {
                     const float4 u = ldsCluster128(clusterMapShared(a, r));
-                    v[b].x += u.x;
-                    v[b].y += u.y;
-                    v[b].z += u.z;
-                    v[b].w += u.w;
+                    v.x += u.x;
+                    v.y += u.y;
+                    v.z += u.z;
+                    v.w += u.w;
+                }
+                const int m = m0 + tok, n = n0 + 4 * q;
+                if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+                    uint2 out;
+                    out.x = *reinterpret_cast<const uint32_t*>(&lo);
+                    out.y = *reinterpret_cast<const uint32_t*>(&hi);
+                    *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
                 }
             }
         }
-        clusterArrive();  // release: this CTA's reads of the partial tiles are done
-#pragma unroll
-        for (int b = 0; b < kMaxPieces; ++b) {
-            const int p = p0 + 256 * b;
-            const int m = m0 + p / (kRows / 4), n = n0 + 4 * (p % (kRows / 4));
-            if (p < end && m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
-                const __nv_bfloat162 lo = __floats2bfloat162_rn(v[b].x, v[b].y);
-                const __nv_bfloat162 hi = __floats2bfloat162_rn(v[b].z, v[b].w);
-                uint2 out;
-                out.x = *reinterpret_cast<const uint32_t*>(&lo);
-                out.y = *reinterpret_cast<const uint32_t*>(&hi);
-                *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
-            }
-        }
-        clusterWait();  // our partial tile stays readable until every CTA of the cluster is done with it
+        clusterSync();  // our partial tile stays readable until every CTA of the cluster is done with it
     } else {
         float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
         const int n = n0 + 64 * cw + feat;
