@@ -568,13 +568,21 @@ __global__ void __launch_bounds__(384, 1)
             for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
                 const int tok = p / (kRows / 4), q = p % (kRows / 4);
                 const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
-                float4 v = ldsCluster128(clusterMapShared(a, 0));
-                for (int r = 1; r < nz; ++r) {
-                    const float4 u = ldsCluster128(clusterMapShared(a, r));
-                    v.x += u.x;
-                    v.y += u.y;
-                    v.z += u.z;
-                    v.w += u.w;
+                // All splits' loads of the piece issued before the first add (one round trip, not nz), then summed
+                // in split order.
+                float4 u[8];
+#pragma unroll
+                for (int r = 0; r < 8; ++r)
+                    if (r < nz) u[r] = ldsCluster128(clusterMapShared(a, r));
+                float4 v = u[0];
+#pragma unroll
+                for (int r = 1; r < 8; ++r) {
+                    if (r < nz) {
+                        v.x += u[r].x;
+                        v.y += u[r].y;
+                        v.z += u[r].z;
+                        v.w += u[r].w;
+                    }
                 }
                 const int m = m0 + tok, n = n0 + 4 * q;
                 if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
