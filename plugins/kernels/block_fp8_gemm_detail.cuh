@@ -113,6 +113,16 @@ __device__ __forceinline__ void clusterSync() {
     __trap();
 #endif
 }
+// The cluster barrier without release semantics: for the end of the split-K epilogue, where it only keeps this CTA's
+// shared memory alive until the peers have read it (their reads completed before they arrive: the values were used).
+// The release form waits for this thread's global stores to be acknowledged GPU-wide first (MEMBAR.ALL.GPU).
+__device__ __forceinline__ void clusterSyncRelaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
 // Address of the same shared-memory location in cluster CTA `rank`.
 __device__ __forceinline__ uint32_t clusterMapShared(uint32_t addr, uint32_t rank) {
     uint32_t r = 0;

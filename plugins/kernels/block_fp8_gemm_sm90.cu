@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(384, 1)
             // its epilogue's stores, bench/NOTES_gemm.md v23).
             namedBarrier(kProducerPark, 384);
             clusterSync();
-            clusterSync();
+            clusterSyncRelaxed();
         }
         return;
     }
@@ -594,7 +594,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
             }
         }
-        clusterSync();  // our partial tile stays readable until every CTA of the cluster is done with it
+        clusterSyncRelaxed();  // our partial tile stays readable until every CTA of the cluster is done with it
     } else {
         float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
         const int n = n0 + 64 * cw + feat;
