@@ -105,7 +105,7 @@ __device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
 // one output tile form a cluster, each leaves its FP32 partial tile in its own shared memory, and after clusterSync()
 // every CTA sums a 1/splits share of the tile from all of them (distributed shared memory, in split order 0, 1, ...:
 // the reduce pass's order, so the same bits) and stores BF16. A second clusterSync() keeps every CTA's shared memory
-// alive until the others have read it.
+// alive until the others have read it (relaxed: clusterSyncRelaxed).
 __device__ __forceinline__ void clusterSync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
@@ -113,9 +113,10 @@ __device__ __forceinline__ void clusterSync() {
     __trap();
 #endif
 }
-// The cluster barrier without release semantics: for the end of the split-K epilogue, where it only keeps this CTA's
-// shared memory alive until the peers have read it (their reads completed before they arrive: the values were used).
-// The release form waits for this thread's global stores to be acknowledged GPU-wide first (MEMBAR.ALL.GPU).
+// The cluster barrier without release semantics, for the end of the split-K epilogue: there it only keeps this CTA's
+// shared memory alive until the peers have read it, and a peer arrives only after its loads of our tile returned
+// (their values are summed and stored before its arrive, in program order). The release form would first wait for
+// this thread's global stores to be acknowledged GPU-wide (MEMBAR.ALL.GPU in SASS); nothing needs that here.
 __device__ __forceinline__ void clusterSyncRelaxed() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;" ::: "memory");
