@@ -1024,7 +1024,7 @@ __global__ void __launch_bounds__(384, 1)
                 __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
             namedBarrier(2 + cw, 128);
             if (tid == 0) {
-                asm volatile("fence.acq_rel.gpu;" ::: "memory");  // the warpgroup's partials (bar.sync above) first
+                __threadfence();
                 stRelease(skFlags + 2 * cta + cw, 1);
             }
             return;
