@@ -1089,7 +1089,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // no split-K (a split of 2-4 k-blocks costs more than it spreads; H200, 4096 x 1024: M = 128 7.0 vs 9.6 µs for
     // 128 tokens split 4, M = 256 8.1 vs 10.6).
     // M = 33..64 there: 32-token tiles (twice the CTAs, each widening its weight tile; H200 4096 x 1024 M = 64, three
-    // same-run tunes: 5.6 µs vs 6.2-6.3 for one 64-token tile; M = 96: 6.6 vs 6.8, M = 128 7.2-7.3 vs 6.6-6.8).
+    // same-run tunes: 5.6-5.7 µs vs 6.2-6.4 for one 64-token tile; M = 96: 6.6 vs 6.8, M = 128 7.2-7.3 vs 6.6-6.8).
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
         c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
         c.splits = 1;
@@ -1099,8 +1099,8 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         c.tile = M <= 16 ? 16 : (M <= 32 ? 32 : (M <= 64 ? 64 : 128));
         c.splits = splitsFor(tilesN * ceilDiv(M, c.tile));
         // Few row tiles (the drafter's 1024 x 8192: 8) at M = 65..128, where even 8 splits of 128-token tiles leave
-        // half the SMs idle: 64-token tiles, split until the grid fills one wave (up to 8, the reduce pass; H200
-        // M = 128: 11.4 µs against 12.1-12.2 for 128 tokens x 8 splits, two same-run tunes).
+        // half the SMs idle: 64-token tiles, split until the grid fills one wave (up to 8, the reduce pass; M = 128,
+        // same-run tunes: H200 11.4 µs against 12.2 for 128 tokens x 8 splits, H100 11.5 vs 12.1).
         if (c.tile == 128 && tilesN * 8 * 2 <= sms) {
             c.tile = 64;
             const int ctas = tilesN * ceilDiv(M, 64);
