@@ -114,9 +114,9 @@ __device__ __forceinline__ void clusterSync() {
 #endif
 }
 // The cluster barrier without release semantics, for the end of the split-K epilogue: there it only keeps this CTA's
-// shared memory alive until the peers have read it, and a peer arrives only after its loads of our tile returned
-// (their values are summed and stored before its arrive, in program order). The release form would first wait for
-// this thread's global stores to be acknowledged GPU-wide (MEMBAR.ALL.GPU in SASS); nothing needs that here.
+// shared memory alive until the peers have read it, and a peer's loads of our tile have returned before it arrives
+// (their values feed the sums and the stores it issues before arriving). The release form would first wait for this
+// thread's global stores to be acknowledged GPU-wide (MEMBAR.ALL.GPU in SASS); nothing needs that here.
 __device__ __forceinline__ void clusterSyncRelaxed() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;" ::: "memory");

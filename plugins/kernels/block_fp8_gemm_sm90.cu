@@ -577,7 +577,7 @@ __global__ void __launch_bounds__(384, 1)
                 // All splits' loads of the piece issued before the first add, then summed in split order (with the
                 // relaxed last barrier below: H200 1-4.5% faster than the loads one split at a time with the release
                 // barrier; this part alone measured within noise, bench/NOTES_gemm.md v24).
-                float4 u[8];
+                float4 u[8];  // nz <= 8: the launcher takes cluster split-K of 2..8 splits only
 #pragma unroll
                 for (int r = 0; r < 8; ++r)
                     if (r < nz) u[r] = ldsCluster128(clusterMapShared(a, r));
