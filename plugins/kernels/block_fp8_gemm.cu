@@ -162,9 +162,6 @@ struct StreamFrag {
 // filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
 // in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
 // SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
-#ifndef TRT_GEMMA4_PF
-#define TRT_GEMMA4_PF 2
-#endif
 template <int NT, int RG, int DEPTH, bool FULL, bool SMEM>
 __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
@@ -357,7 +354,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     // k-block, lanes 16-31 the others (a row's k-block is one 128-byte line).
     if constexpr (FULL) {
         const uint8_t* rowBase = W + static_cast<size_t>(n0 + (lane & 15)) * K;
-        for (int d = DEPTH - 1 + (lane >> 4); d < DEPTH - 1 + TRT_GEMMA4_PF && kb + d * stride < kBlocks; d += 2) {
+        for (int d = DEPTH - 1 + (lane >> 4); kb + d * stride < kBlocks; d += 2) {
             const size_t k = static_cast<size_t>(kb + d * stride) * kBlock;
 #pragma unroll
             for (int r = 0; r < RG; ++r) prefetchL2(rowBase + static_cast<size_t>(16 * r) * K + k);
