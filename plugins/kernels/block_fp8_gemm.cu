@@ -349,17 +349,6 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         else if (kb + d * stride < kBlocks)
             loadW(buf[d], kb + d * stride);
     }
-    // The warp's later k-blocks (past the DEPTH-1 requested above) prefetched into L2 before waiting for the previous
-    // kernel: they stream from HBM during its tail instead of after it. Lanes 0-15 take one row each of every second
-    // k-block, lanes 16-31 the others (a row's k-block is one 128-byte line).
-    if constexpr (FULL) {
-        const uint8_t* rowBase = W + static_cast<size_t>(n0 + (lane & 15)) * K;
-        for (int d = DEPTH - 1 + (lane >> 4); kb + d * stride < kBlocks; d += 2) {
-            const size_t k = static_cast<size_t>(kb + d * stride) * kBlock;
-#pragma unroll
-            for (int r = 0; r < RG; ++r) prefetchL2(rowBase + static_cast<size_t>(16 * r) * K + k);
-        }
-    }
     waitForPrerequisite();
 #pragma unroll
     for (int d = 0; d < DEPTH - 1; ++d)
