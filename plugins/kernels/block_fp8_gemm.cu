@@ -162,7 +162,7 @@ struct StreamFrag {
 // filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
 // in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
 // SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
-template <int NT, int RG, int DEPTH, bool FULL, bool SMEM>
+template <int NT, int RG, int DEPTH, bool FULL, bool SMEM, bool PF = false>
 __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
@@ -348,6 +348,18 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
             issue(d, kb + d * stride);
         else if (kb + d * stride < kBlocks)
             loadW(buf[d], kb + d * stride);
+    }
+    if constexpr (PF) {
+        // PF (FULL only): the warp's later k-blocks, past the DEPTH-1 requested above, prefetched into L2 before
+        // waiting for the previous kernel, so that they stream from HBM during its tail. Lanes 0-15 take one row each
+        // of every second k-block, lanes 16-31 the others (a row's k-block is one 128-byte line). Launched only for
+        // split-K 16-token tiles (launchStream): elsewhere it measured slower, in the 12B stack too (NOTES v24).
+        const uint8_t* rowBase = W + static_cast<size_t>(n0 + (lane & 15)) * K;
+        for (int d = DEPTH - 1 + (lane >> 4); kb + d * stride < kBlocks; d += 2) {
+            const size_t k = static_cast<size_t>(kb + d * stride) * kBlock;
+#pragma unroll
+            for (int r = 0; r < RG; ++r) prefetchL2(rowBase + static_cast<size_t>(16 * r) * K + k);
+        }
     }
     waitForPrerequisite();
 #pragma unroll
@@ -990,6 +1002,10 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
+    // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (H200 M = 16: 5.91 µs
+    // against 6.19-6.23, calls v10-v12 of bench/NOTES_gemm.md v24).
+    if constexpr (NT == 2 && !SMEM)
+        if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;

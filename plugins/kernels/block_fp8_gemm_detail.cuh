@@ -59,6 +59,9 @@ __device__ __forceinline__ void ldgStream128(uint32_t (&r)[4], const void* p) {
                  : "l"(p));
 }
 
+// Prefetch of the 128-byte line holding p into L2 (no register, no completion to wait for).
+__device__ __forceinline__ void prefetchL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 // 16-byte load of activations (L1-cached: re-read by every warp that works on the same k range). A plain coherent
 // ld.global, NOT the read-only .nc path: the activations are written by the previous kernel, which may still be
 // running when this one starts (programmatic dependent launch), and ptxas treats .nc loads as constants that it may
