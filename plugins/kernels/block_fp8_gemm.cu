@@ -1002,8 +1002,8 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
-    // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (H200 M = 16: 5.91 µs
-    // against 6.19-6.23, calls v10-v12 of bench/NOTES_gemm.md v24).
+    // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (M = 16, same call: H200
+    // 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70; bench/NOTES_gemm.md v24).
     if constexpr (NT == 2 && !SMEM)
         if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     if (smem > 48 * 1024) {
