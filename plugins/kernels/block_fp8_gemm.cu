@@ -1004,8 +1004,9 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
     // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (M = 16, same call: H200
     // 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70; bench/NOTES_gemm.md v24).
-    if constexpr (NT == 2 && !SMEM)
+    if constexpr (NT == 2 && !SMEM) {
         if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
+    }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
