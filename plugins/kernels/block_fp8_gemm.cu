@@ -162,7 +162,7 @@ struct StreamFrag {
 // filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
 // in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
 // SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
-template <int NT, int RG, int DEPTH, bool FULL, bool SMEM, int PF = 0>
+template <int NT, int RG, int DEPTH, bool FULL, bool SMEM, bool PF = false>
 __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
                                                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial,
@@ -349,13 +349,13 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         else if (kb + d * stride < kBlocks)
             loadW(buf[d], kb + d * stride);
     }
-    if constexpr (PF != 0) {
+    if constexpr (PF) {
         // PF (FULL only): the warp's later k-blocks, past the DEPTH-1 requested above, prefetched into L2 before
         // waiting for the previous kernel, so that they stream from HBM during its tail. Lanes 0-15 take one row each
         // of every second k-block, lanes 16-31 the others (a row's k-block is one 128-byte line). Launched only for
         // split-K 16-token tiles (launchStream): elsewhere it measured slower, in the 12B stack too (NOTES v24).
         const uint8_t* rowBase = W + static_cast<size_t>(n0 + (lane & 15)) * K;
-        for (int d = DEPTH - 1 + (lane >> 4); (PF == 2 || d < DEPTH) && kb + d * stride < kBlocks; d += 2) {
+        for (int d = DEPTH - 1 + (lane >> 4); kb + d * stride < kBlocks; d += 2) {
             const size_t k = static_cast<size_t>(kb + d * stride) * kBlock;
 #pragma unroll
             for (int r = 0; r < RG; ++r) prefetchL2(rowBase + static_cast<size_t>(16 * r) * K + k);
@@ -1005,11 +1005,11 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (M = 16, same call: H200
     // 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70; bench/NOTES_gemm.md v24).
     if constexpr (NT == 2 && !SMEM) {
-        if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, 2>;
+        if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     }
     if constexpr (NT == 1 && !SMEM) {
         const int perWarp = (K / kBlock) / (warps * static_cast<int>(grid.z));
-        if (full && perWarp >= 12) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, 1>;
+        if (full && perWarp >= 12) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
