@@ -1007,10 +1007,6 @@ cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uin
     if constexpr (NT == 2 && !SMEM) {
         if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     }
-    if constexpr (NT == 1 && !SMEM) {
-        const int perWarp = (K / kBlock) / (warps * static_cast<int>(grid.z));
-        if (full && perWarp >= 12) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
-    }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (err != cudaSuccess) return err;
