@@ -349,6 +349,7 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
         else if (kb + d * stride < kBlocks)
             loadW(buf[d], kb + d * stride);
     }
+    static_assert(!PF || FULL, "the L2 prefetch addresses whole rows and k-blocks: FULL instantiations only");
     if constexpr (PF) {
         // PF (FULL only): the warp's later k-blocks, past the DEPTH-1 requested above, prefetched into L2 before
         // waiting for the previous kernel, so that they stream from HBM during its tail. Lanes 0-15 take one row each

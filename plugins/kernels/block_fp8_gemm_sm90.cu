@@ -65,7 +65,7 @@ namespace {
 // rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
 // by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
 // token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
-// and stores, bit 128 makes its first cluster barrier relaxed (a race: timing only) (bench/NOTES_gemm.md v24).
+// and stores (bench/NOTES_gemm.md v24).
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -405,10 +405,7 @@ __global__ void __launch_bounds__(384, 1)
             // through the main loop (measured the same either way: the 1.7x slowdown of the first cluster form was
             // its epilogue's stores, bench/NOTES_gemm.md v23).
             namedBarrier(kProducerPark, 384);
-            if (TRT_GEMMA4_SOL & 128)
-                clusterSyncRelaxed();
-            else
-                clusterSync();
+            clusterSync();
             clusterSyncRelaxed();
         }
         return;
@@ -517,10 +514,7 @@ __global__ void __launch_bounds__(384, 1)
             r[8] = acc[4 * j + 2];
             r[Sh::CLU_PITCH + 8] = acc[4 * j + 3];
         }
-        if (TRT_GEMMA4_SOL & 128)
-            clusterSyncRelaxed();  // (probe 128: the partial tiles' visibility unordered, a race)
-        else
-            clusterSync();
+        clusterSync();
         const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
         constexpr int kPieces = T * (kRows / 4);
         const int share = (kPieces + nz - 1) / nz;
