@@ -206,15 +206,17 @@ def make_w8a8(q: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> tuple[Callab
 
 
 def run_config(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, c: tuple[int, ...]) -> torch.Tensor:
-    """Our GEMM with configuration c = (kernel, tile, row_groups, warps, splits, depth[, cluster])."""
+    """Our GEMM with configuration c = (kernel, tile, row_groups, warps, splits, depth[, cluster[, prefetch]])."""
     cluster = len(c) > 6 and bool(c[6])
-    return torch.ops.trt_gemma4.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5], cluster=cluster)
+    prefetch = len(c) > 7 and bool(c[7])
+    return torch.ops.trt_gemma4.block_fp8_gemm_config(x, q, s, *c[:5], depth=c[5], cluster=cluster, prefetch=prefetch)
 
 
 def default_config(m: int, n: int, k: int) -> tuple[tuple[int, ...], bool]:
-    """The dispatch's (kernel, tile, row_groups, warps, splits, depth, cluster) and whether it prefers dequant."""
+    """The dispatch's (kernel, tile, row_groups, warps, splits, depth, cluster, prefetch) and whether it prefers
+    dequant."""
     c = torch.ops.trt_gemma4.block_fp8_gemm_default_config(m, n, k)
-    return (*c[:6], c[7]), bool(c[6])
+    return (*c[:6], c[7], c[8]), bool(c[6])
 
 
 def fmt(v: float | None) -> str:
@@ -319,7 +321,7 @@ def bench_shapes(args, bw: float, l2: int, gen: torch.Generator, results: dict) 
                 "w8a8_rel_err": w8_err,
                 "w8a8_method": w8_how,
                 "ours_rel_err": err,
-                "config": [*cfg[:6], int(prefers_dequant), cfg[6]],  # the op's default_config order
+                "config": [*cfg[:6], int(prefers_dequant), *cfg[6:]],  # the op's default_config order
                 "floor_us": floor_us,
             }
             rows.append(row)
@@ -373,7 +375,8 @@ def bench_stack(args, bw: float, gen: torch.Generator, results: dict) -> None:
 
 
 def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
-    """Time hand-set configurations (kernel, tile, row_groups, warps, splits, depth, cluster) per (shape, M)."""
+    """Time hand-set configurations (kernel, tile, row_groups, warps, splits, depth, cluster, prefetch) per
+    (shape, M)."""
     out = {}
     for name, (n, k) in SHAPES.items():
         if args.shapes and name not in args.shapes:
@@ -433,10 +436,12 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
             default = default_config(m, n, k)[0]
             if only:
                 cands = [c for c in cands if c[0] in only]
-            # Every candidate as (..., cluster): wgmma split-K of 2-8 also summed across a thread-block cluster.
-            cands = [(*c, 0) for c in cands]
+            # Every candidate as (..., cluster, prefetch): wgmma split-K of 2-8 also summed across a thread-block
+            # cluster; the register-streaming 16-token tiles (whole rows and k-blocks) also with the L2 prefetch.
+            cands = [(*c, 0, 0) for c in cands]
             if torch.cuda.get_device_capability()[0] == 9:
-                cands += [(*c[:6], 1) for c in cands if 2 <= c[4] <= 8 and c[0] == 3 and c[1] <= 128]
+                cands += [(*c[:6], 1, 0) for c in cands if 2 <= c[4] <= 8 and c[0] == 3 and c[1] <= 128]
+            cands += [(*c[:7], 1) for c in cands if c[0] == 1 and c[1] == 2 and k % 128 == 0 and n % (16 * c[2]) == 0]
             cands = list(dict.fromkeys([*cands, default]))  # the default may already be a candidate: time it once
             timings = []
             for c in cands:

@@ -275,6 +275,25 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return torch.eye(k, device="cuda", dtype=torch.bfloat16), w, s
 
 
+# The L2 prefetch of the register-streaming 16-token tiles (whole rows and k-blocks): the same arithmetic in the same
+# order, so the same bits as without it, for every instantiation it has; split-K incl. splits with no k-blocks.
+PREFETCH_CONFIGS = [
+    (1, 2, rg, wp, sp, d) for rg, d in ((1, 2), (1, 3), (2, 2)) for wp, sp in ((1, 1), (4, 2), (8, 1), (3, 5))
+]
+
+
+@pytest.mark.parametrize("config", PREFETCH_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
+@pytest.mark.parametrize(("n", "k", "m"), [(256, 2048, 16), (1024, 8192, 13), (320, 1024, 9)], ids=str)
+def test_prefetch_is_bit_identical(config: tuple[int, ...], n: int, k: int, m: int) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    x, w, s = random_problem(m, n, k, gen)
+    run = torch.ops.trt_gemma4.block_fp8_gemm_config
+    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    run(x, w, s, *config[:5], depth=config[5], out=y, prefetch=True)
+    check(y, x, w, s, f"prefetch {config} M={m} N={n} K={k}")
+    assert torch.equal(y, run(x, w, s, *config[:5], depth=config[5])), f"prefetch {config}: differs from without"
+
+
 # (kernel, tile, row groups, warps, splits, depth): the register and shared-memory streaming rings, the tiled
 # mma.sync kernel; on sm_90 also the bulk-copy streaming kernel and every wgmma form.
 EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 2), (1, 4, 1, 8, 1, 2), (5, 1, 1, 4, 1, 3), (5, 2, 2, 8, 1, 2)]
@@ -349,6 +368,13 @@ def test_ops_raise_on_bad_calls() -> None:
         ops.block_fp8_gemm_config(x, w, s, 1, 1, 1, 4, 2, depth=2, cluster=True)
     with pytest.raises(RuntimeError, match="splits=9 cluster=1"):  # over the portable cluster size
         ops.block_fp8_gemm_config(x, w, s, 3, 64, 1, 1, 9, depth=2, cluster=True)
+    with pytest.raises(RuntimeError, match="kernel=1 tile=1 splits=1 cluster=0 prefetch=1"):  # 16-token tiles only
+        ops.block_fp8_gemm_config(x, w, s, 1, 1, 1, 4, 1, depth=2, prefetch=True)
+    with pytest.raises(RuntimeError, match="kernel=3 tile=16 splits=1 cluster=0 prefetch=1"):  # streaming only
+        ops.block_fp8_gemm_config(x, w, s, 3, 16, 1, 1, 1, depth=2, prefetch=True)
+    x2, w2 = torch.randn(16, 272, device="cuda", dtype=torch.bfloat16), w[:, :16].repeat(1, 17).contiguous()
+    with pytest.raises(RuntimeError, match="K=272 kernel=1 tile=2 splits=1 cluster=0 prefetch=1"):  # whole k-blocks
+        ops.block_fp8_gemm_config(x2, w2, torch.ones(1, 3, device="cuda"), 1, 2, 1, 4, 1, depth=2, prefetch=True)
 
 
 # ---- Triton wgmma path (trt_gemma4/kernels/triton_gemm.py) ----

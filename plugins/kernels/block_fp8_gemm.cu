@@ -995,18 +995,19 @@ int streamSmemBytes(int nt, int rg, int depth, bool smemRing, int warps) {
 }
 
 template <int NT, int RG, int DEPTH, bool SMEM>
-cudaError_t launchStream(dim3 grid, int warps, const __nv_bfloat16* X, const uint8_t* W, const float* S,
-                         __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
+cudaError_t launchStream(dim3 grid, int warps, bool prefetch, const __nv_bfloat16* X, const uint8_t* W,
+                         const float* S, __nv_bfloat16* Y, float* partial, int M, int N, int K, cudaStream_t stream) {
     const int smem = streamSmemBytes(NT, RG, DEPTH, SMEM, warps);
     bool full = K % kBlock == 0 && N % (16 * RG) == 0;
 #ifdef TRT_GEMMA4_PROBE_SWITCHES  // scripts/probe_stream_bw.cu only: A/B of the two forms in one process
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
-    // Split-K 16-token tiles (the drafter's 1024 x 8192 at M = 9..16): with the L2 prefetch (M = 16, same call: H200
-    // 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70; bench/NOTES_gemm.md v24).
+    // config.prefetch: the L2-prefetching instantiation (16-token tiles, whole rows and k-blocks; checked by the caller).
     if constexpr (NT == 2 && !SMEM) {
-        if (full && grid.z > 1) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
+        if (prefetch) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
+    } else {
+        if (prefetch) return cudaErrorInvalidValue;
     }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -1297,10 +1298,17 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
 // an H200, 12% on an H100; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs only: with one CTA per SM a GPC holds few
 // clusters of 8 (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs clustered vs 14.8 with the reduce pass). The
 // streaming kernels (M <= 16) keep the reduce pass: their cluster form measured no faster (v20, v23).
+//
+// The L2 prefetch (config.prefetch) of the 16-token streaming tiles where K is split across CTAs (the drafter's
+// 1024 x 8192 at M = 9..16; M = 16, same call: H200 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70;
+// bench/NOTES_gemm.md v24). Elsewhere it measured slower, in the 12B stack too (v24).
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
     if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
         c.cluster = 1;
+    if (c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && c.splits > 1 && K % kBlock == 0 &&
+        N % (16 * c.rowGroups) == 0)
+        c.prefetch = 1;
     return c;
 }
 
@@ -1324,6 +1332,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
+    if (config.prefetch != 0 && config.kernel != BlockFp8GemmKernel::kStream) return cudaErrorInvalidValue;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     // Cluster split-K: 2..8 splits (the portable cluster size) of the wgmma token-tile kernel (sm_90).
     const bool cluster = config.cluster != 0;
@@ -1344,13 +1353,15 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         const bool smemRing = config.kernel == BlockFp8GemmKernel::kStreamSmem;
         const int nt = config.tile, rg = config.rowGroups, warps = config.warps, depth = config.depth;
         if (warps < 1 || warps > 8) return cudaErrorInvalidValue;
+        const bool prefetch = config.prefetch != 0;
+        if (prefetch && (smemRing || nt != 2 || K % kBlock != 0 || N % (16 * rg) != 0)) return cudaErrorInvalidValue;
         const dim3 grid(ceilDiv(M, 8 * nt), ceilDiv(N, 16 * rg), config.splits);
         if (grid.x > 2147483647u || grid.y > 65535u) return cudaErrorInvalidValue;
         bool found = false;
 #define TRT_GEMMA4_STREAM_CASE(SMEM_, NT_, RG_, DEPTH_)                                                         \
     if (!found && smemRing == SMEM_ && nt == NT_ && rg == RG_ && depth == DEPTH_) {                              \
         found = true;                                                                                            \
-        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, X, W, S, Y, partial, M, N, K, stream);          \
+        err = launchStream<NT_, RG_, DEPTH_, SMEM_>(grid, warps, prefetch, X, W, S, Y, partial, M, N, K, stream); \
     }
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 2)
         TRT_GEMMA4_STREAM_CASE(false, 1, 1, 3)

@@ -86,6 +86,9 @@ struct BlockFp8GemmConfig {
                         // output tile run as a thread-block cluster and sum their FP32 partials through distributed
                         // shared memory inside the GEMM (no workspace, no reduce pass; the same sums in the same
                         // order, so the same bits); 0 = FP32 partials in the workspace and the reduce pass
+    int prefetch = 0;   // kStream with tile 2 (9-16 tokens), K a multiple of 128 and N of 16 * rowGroups only: 1 = each
+                        // warp asks L2 for its later k-blocks (past the DEPTH-1 it loads) before waiting for the
+                        // previous kernel, so they stream from HBM during that kernel's tail; the same results
 };
 
 // Semaphores: an optional int32 buffer of kBlockFp8GemmSemaphores entries, zeroed ONCE by its owner (e.g.

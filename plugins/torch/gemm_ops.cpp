@@ -7,13 +7,14 @@
 //       with K doubled (block_fp8_gemm.cuh, blockFp8DequantizeSplit), which keeps the FP32-scale accuracy.
 //   trt_gemma4::block_fp8_gemm_out(x, w, s, Tensor(a!) out) -> Tensor(a!)     writes into `out`
 //   trt_gemma4::block_fp8_gemm_config(x, w, s, kernel, tile, row_groups, warps, splits, depth=3, out=None,
-//                                     semaphores=True, cluster=False)
+//                                     semaphores=True, cluster=False, prefetch=False)
 //       our kernels with an explicit configuration (benchmarks, tuning and tests of every code path);
 //       semaphores=False: stream-K zeroes its flags with a memset instead; cluster=True: split-K summed across a
-//       thread-block cluster inside the GEMM instead of the workspace and reduce pass (block_fp8_gemm.cuh).
+//       thread-block cluster inside the GEMM instead of the workspace and reduce pass; prefetch=True: the streaming
+//       16-token tiles ask L2 for their later k-blocks before the dependency wait (block_fp8_gemm.cuh).
 // Stream-K calls outside CUDA graph capture pass the GEMM a semaphore buffer of this (device, stream), zeroed once.
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
-//       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster] of the default dispatch on this
+//       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster, prefetch] of the default dispatch on this
 //       device.
 //   trt_gemma4::block_fp8_dequantize(Tensor w, Tensor s) -> Tensor    bf16 [N, K] = w · s rounded to BF16
 #include <ATen/ATen.h>
@@ -123,8 +124,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         s2.data_ptr<float>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), m, n, k, c, ws.data_ptr(), wsBytes,
         stream, useSemaphores ? semaphoresFor(x.device(), stream, c) : nullptr);
     TG4_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
-              static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, " cluster=", c.cluster, "): ",
-              cudaGetErrorString(err));
+              static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, " cluster=", c.cluster,
+              " prefetch=", c.prefetch, "): ", cudaGetErrorString(err));
     return y.view(outShape);
 }
 
@@ -139,7 +140,8 @@ at::Tensor& blockFp8GemmOut(const at::Tensor& x, const at::Tensor& w, const at::
 
 at::Tensor blockFp8GemmConfig(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, int64_t kernel,
                               int64_t tile, int64_t rowGroups, int64_t warps, int64_t splits, int64_t depth,
-                              const std::optional<at::Tensor>& y, bool semaphores, bool cluster) {
+                              const std::optional<at::Tensor>& y, bool semaphores, bool cluster,
+                              bool prefetch) {
     trt_gemma4::BlockFp8GemmConfig c;
     c.kernel = static_cast<trt_gemma4::BlockFp8GemmKernel>(kernel);
     c.tile = static_cast<int>(tile);
@@ -148,6 +150,7 @@ at::Tensor blockFp8GemmConfig(const at::Tensor& x, const at::Tensor& w, const at
     c.splits = static_cast<int>(splits);
     c.depth = static_cast<int>(depth);
     c.cluster = cluster ? 1 : 0;
+    c.prefetch = prefetch ? 1 : 0;
     return run(x, w, s, &c, y.has_value() ? &*y : nullptr, semaphores);
 }
 
@@ -156,7 +159,8 @@ std::vector<int64_t> blockFp8GemmDefaultConfig(int64_t M, int64_t N, int64_t K) 
         trt_gemma4::blockFp8WoGemmDefaultConfig(static_cast<int>(M), static_cast<int>(N), static_cast<int>(K));
     const bool dq =
         trt_gemma4::blockFp8WoGemmPrefersDequant(static_cast<int>(M), static_cast<int>(N), static_cast<int>(K));
-    return {static_cast<int64_t>(c.kernel), c.tile, c.rowGroups, c.warps, c.splits, c.depth, dq ? 1 : 0, c.cluster};
+    return {static_cast<int64_t>(c.kernel), c.tile, c.rowGroups, c.warps, c.splits, c.depth, dq ? 1 : 0, c.cluster,
+            c.prefetch};
 }
 
 at::Tensor blockFp8Dequantize(const at::Tensor& w, const at::Tensor& s) {
@@ -177,7 +181,8 @@ TORCH_LIBRARY_FRAGMENT(trt_gemma4, m) {
     m.def("block_fp8_gemm(Tensor x, Tensor w, Tensor s) -> Tensor");
     m.def(
         "block_fp8_gemm_config(Tensor x, Tensor w, Tensor s, int kernel, int tile, int row_groups, int warps, "
-        "int splits, int depth=3, Tensor(a!)? out=None, bool semaphores=True, bool cluster=False) -> Tensor");
+        "int splits, int depth=3, Tensor(a!)? out=None, bool semaphores=True, bool cluster=False, bool prefetch=False) "
+        "-> Tensor");
     m.def("block_fp8_gemm_out(Tensor x, Tensor w, Tensor s, Tensor(a!) out) -> Tensor(a!)");
     m.def("block_fp8_dequantize(Tensor w, Tensor s) -> Tensor");
     m.def("block_fp8_gemm_default_config(int M, int N, int K) -> int[]", &blockFp8GemmDefaultConfig);
