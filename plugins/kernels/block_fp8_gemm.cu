@@ -1306,20 +1306,9 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
     if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
         c.cluster = 1;
-    if (c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && K % kBlock == 0 && N % (16 * c.rowGroups) == 0) {
-        // PROBE (experiment, reverted): TRT_GEMMA4_PROBE_PF = mask of configuration classes that prefetch.
-        const char* env = std::getenv("TRT_GEMMA4_PROBE_PF");
-        const int mask = env ? std::atoi(env) : 32;
-        int bit = 0;
-        if (c.splits > 1) bit = 32;
-        else if (c.warps == 4 && c.rowGroups == 2) bit = 1;
-        else if (c.warps == 8 && c.rowGroups == 2) bit = 2;
-        else if (c.warps == 1 && c.rowGroups == 1) bit = 4;
-        else if (c.warps == 1 && c.rowGroups == 2) bit = 8;
-        else if (c.warps == 3 && c.rowGroups == 1) bit = 16;
-        else if (c.warps == 8 && c.rowGroups == 1) bit = 64;
-        if (mask & bit) c.prefetch = 1;
-    }
+    if (c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && c.splits > 1 && K % kBlock == 0 &&
+        N % (16 * c.rowGroups) == 0)
+        c.prefetch = 1;
     return c;
 }
 
