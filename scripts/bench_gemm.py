@@ -397,7 +397,7 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                         for sp in (1, 2, 4):
                             cands.append((1, nt, 1, wp, sp, d))
                 if nt < 4:
-                    cands += [(1, nt, 2, wp, 1, d) for wp in warps for d in (2, 3)]
+                    cands += [(1, nt, 2, wp, 1, d) for wp in warps for d in ((2, 3) if nt == 1 else (2,))]
                 if 16 < m <= 32:
                     # 16-token tiles, two row groups: the token tiles' CTAs share weight rows (the second reads
                     # them from L2).

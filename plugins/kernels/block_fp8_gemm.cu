@@ -1371,7 +1371,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         TRT_GEMMA4_STREAM_CASE(false, 2, 1, 2)
         TRT_GEMMA4_STREAM_CASE(false, 2, 1, 3)
         TRT_GEMMA4_STREAM_CASE(false, 2, 2, 2)
-        TRT_GEMMA4_STREAM_CASE(false, 2, 2, 3)
         TRT_GEMMA4_STREAM_CASE(false, 4, 1, 2)
         TRT_GEMMA4_STREAM_CASE(true, 1, 1, 3)
         TRT_GEMMA4_STREAM_CASE(true, 1, 1, 4)
