@@ -80,7 +80,7 @@ struct WgShape {
     static constexpr int X_HALF = T * 128;             // [T][64] bf16
     static constexpr int STAGE = W_BYTES + 2 * X_HALF; // a multiple of 1024: every tile stays 1024-aligned
     static constexpr int BARS = STAGES * STAGE;        // barrier area offset
-    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 1024;  // + slack to align the base to 1024
+    static constexpr int SMEM = BARS + 3 * STAGES * 8 + 1024;  // full, empty, first-round X; + slack to align to 1024
     static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
     static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
     static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
@@ -323,12 +323,14 @@ __device__ __forceinline__ void groupedTileOrigin(int tile, int tilesN, int tile
 
 // Thread 0 initialises the stage ring's barriers (full: the producer's arrival + TMA bytes; empty: one arrival per
 // consumer warp), then the whole CTA synchronises.
-__device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages) {
+// xBar (0: none): one more barrier per stage, count 1 (the token-tile kernel's first-round activations).
+__device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages, uint32_t xBar = 0) {
     if (threadIdx.x == 0) {
 #pragma unroll 1
         for (int s = 0; s < stages; ++s) {
             mbarInit(fullBar + 8 * s, 1);
             mbarInit(emptyBar + 8 * s, 8);
+            if (xBar != 0) mbarInit(xBar + 8 * s, 1);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -354,6 +356,9 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
     const uint32_t emptyBar = fullBar + 8 * STAGES;
+    // The first round of stages (requested before the previous kernel ended) completes its weights on fullBar and
+    // its activations on xBar, so that the consumers widen the first weights while the activations are on their way.
+    const uint32_t xBar = emptyBar + 8 * STAGES;
 
     int n0, m0;
     groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0);
@@ -361,7 +366,7 @@ __global__ void __launch_bounds__(384, 1)
     const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
-    initStageBarriers(fullBar, emptyBar, STAGES);
+    initStageBarriers(fullBar, emptyBar, STAGES, xBar);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
     const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
@@ -377,15 +382,20 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, Sh::W_BYTES);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
-            for (int i = 0; i < pre && !(TRT_GEMMA4_SOL & 32); ++i) {
+            for (int i = 0; i < pre; ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
-                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * i);
-                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * i);
+                if (TRT_GEMMA4_SOL & 32) {  // (probe 32: no activation loads, wrong results)
+                    mbarArrive(xBar + 8 * i);
+                    continue;
+                }
+                mbarExpectTx(xBar + 8 * i, 2 * Sh::X_HALF);
+                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, xBar + 8 * i);
+                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, xBar + 8 * i);
             }
 #pragma unroll 1
             for (int i = pre; i < nkb; ++i) {
@@ -434,6 +444,7 @@ __global__ void __launch_bounds__(384, 1)
         const int s = i % STAGES;
         const float scale = __ldg(sRow + i);
         const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
+        if (i < STAGES) mbarWait(xBar + 8 * s, 0);  // first round: the activations have their own barrier
         fenceRegs(part);
         waitTurn(cw);
         wgmmaFence();
