@@ -356,8 +356,8 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
     const uint32_t emptyBar = fullBar + 8 * STAGES;
-    // The first round of stages (requested before the previous kernel ended) completes its weights on fullBar and
-    // its activations on xBar, so that the consumers widen the first weights while the activations are on their way.
+    // The first stage (requested before the previous kernel ended) completes its weights on fullBar and its
+    // activations on xBar, so that the consumers widen the first weights while the activations are on their way.
     const uint32_t xBar = emptyBar + 8 * STAGES;
 
     int n0, m0;
@@ -382,20 +382,21 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, Sh::W_BYTES);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || i == 0 ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
+                const uint32_t bar = i == 0 ? xBar : fullBar + 8 * i;
                 if (TRT_GEMMA4_SOL & 32) {  // (probe 32: no activation loads, wrong results)
-                    mbarArrive(xBar + 8 * i);
+                    if (i == 0) mbarArrive(xBar);
                     continue;
                 }
-                mbarExpectTx(xBar + 8 * i, 2 * Sh::X_HALF);
-                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, xBar + 8 * i);
-                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, xBar + 8 * i);
+                if (i == 0) mbarExpectTx(xBar, 2 * Sh::X_HALF);
+                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, bar);
+                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, bar);
             }
 #pragma unroll 1
             for (int i = pre; i < nkb; ++i) {
@@ -444,7 +445,7 @@ __global__ void __launch_bounds__(384, 1)
         const int s = i % STAGES;
         const float scale = __ldg(sRow + i);
         const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
-        if (i < STAGES) mbarWait(xBar + 8 * s, 0);  // first round: the activations have their own barrier
+        if (i == 0) mbarWait(xBar, 0);  // the first stage's activations have their own barrier
         fenceRegs(part);
         waitTurn(cw);
         wgmmaFence();
