@@ -80,7 +80,7 @@ struct WgShape {
     static constexpr int X_HALF = T * 128;             // [T][64] bf16
     static constexpr int STAGE = W_BYTES + 2 * X_HALF; // a multiple of 1024: every tile stays 1024-aligned
     static constexpr int BARS = STAGES * STAGE;        // barrier area offset
-    static constexpr int SMEM = BARS + 3 * STAGES * 8 + 1024;  // full, empty, first-round X; + slack to align to 1024
+    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 8 + 1024;  // full, empty, first X; + slack to align to 1024
     static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
     static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
     static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
@@ -323,15 +323,15 @@ __device__ __forceinline__ void groupedTileOrigin(int tile, int tilesN, int tile
 
 // Thread 0 initialises the stage ring's barriers (full: the producer's arrival + TMA bytes; empty: one arrival per
 // consumer warp), then the whole CTA synchronises.
-// xBar (0: none): one more barrier per stage, count 1 (the token-tile kernel's first-round activations).
+// xBar (0: none): one more barrier, count 1 (the token-tile kernel's first activations).
 __device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages, uint32_t xBar = 0) {
     if (threadIdx.x == 0) {
 #pragma unroll 1
         for (int s = 0; s < stages; ++s) {
             mbarInit(fullBar + 8 * s, 1);
             mbarInit(emptyBar + 8 * s, 8);
-            if (xBar != 0) mbarInit(xBar + 8 * s, 1);
         }
+        if (xBar != 0) mbarInit(xBar, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -356,8 +356,11 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
     const uint32_t emptyBar = fullBar + 8 * STAGES;
-    // The first stage (requested before the previous kernel ended) completes its weights on fullBar and its
-    // activations on xBar, so that the consumers widen the first weights while the activations are on their way.
+    // The first stage completes its weights (requested before the previous kernel ended) on full[0] and its
+    // activations on xBar, so that the consumers widen the first weight tile while the activations are on their way:
+    // that widening leaves the critical path after the dependency wait (H200, same call: M = 128 1-3% faster on the
+    // 12B shapes, 8% on the drafter's 4096 x 1024; all first-round stages split this way measured slower,
+    // bench/NOTES_gemm.md v25).
     const uint32_t xBar = emptyBar + 8 * STAGES;
 
     int n0, m0;
