@@ -368,7 +368,6 @@ __global__ void __launch_bounds__(384, 1)
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
-    const bool earlyX = T >= 128 || kbPerSplit <= 16;  // PROBE: where the early widening of the first tile pays
 
     initStageBarriers(fullBar, emptyBar, STAGES, xBar);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
@@ -386,19 +385,19 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || (i == 0 && earlyX) ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || i == 0 ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
-                const uint32_t bar = i == 0 && earlyX ? xBar : fullBar + 8 * i;
+                const uint32_t bar = i == 0 ? xBar : fullBar + 8 * i;
                 if (TRT_GEMMA4_SOL & 32) {  // (probe 32: no activation loads, wrong results)
-                    if (i == 0 && earlyX) mbarArrive(xBar);
+                    if (i == 0) mbarArrive(xBar);
                     continue;
                 }
-                if (i == 0 && earlyX) mbarExpectTx(xBar, 2 * Sh::X_HALF);
+                if (i == 0) mbarExpectTx(xBar, 2 * Sh::X_HALF);
                 tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, bar);
                 tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, bar);
             }
@@ -449,7 +448,7 @@ __global__ void __launch_bounds__(384, 1)
         const int s = i % STAGES;
         const float scale = __ldg(sRow + i);
         const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
-        if (i == 0 && earlyX) mbarWait(xBar, 0);  // the first stage's activations have their own barrier
+        if (i == 0) mbarWait(xBar, 0);  // the first stage's activations have their own barrier
         fenceRegs(part);
         waitTurn(cw);
         wgmmaFence();
