@@ -370,7 +370,6 @@ __global__ void __launch_bounds__(384, 1)
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
     initStageBarriers(fullBar, emptyBar, STAGES, xBar);
-    allowDependents();  // EXPERIMENT: every thread triggers at the start
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
     const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
@@ -414,6 +413,7 @@ __global__ void __launch_bounds__(384, 1)
                 tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
             }
         }
+        allowDependents();
         if (clustered) {  // the consumers' two cluster barriers count every thread of the cluster
             // Parked on a CTA barrier until the consumers reach the epilogue rather than in barrier.cluster.wait
             // through the main loop (measured the same either way: the 1.7x slowdown of the first cluster form was
@@ -484,6 +484,7 @@ __global__ void __launch_bounds__(384, 1)
     if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
 
     waitForPrerequisite();  // already true (the producer waited before loading activations); orders our stores
+    allowDependents();
     // Accumulator layout (wgmma m64nN, FP32): acc[4j + {0,1,2,3}] = (row 16 w4 + g (+8 for 2,3), token 8j + 2t
     // (+1 for 1,3)); rows are output features n, tokens are output rows m.
     const int feat = 16 * w4 + g;
