@@ -162,11 +162,6 @@ struct StreamFrag {
 // filled with cp.async instead of in registers; the activations stay in a register ring beside it. Same arithmetic
 // in the same order (bit-identical results), ~RG*16 registers less per stage, so deeper rings or more warps per
 // SM; which one is faster depends on the shape (bench/NOTES_gemm.md v18).
-#ifndef TRT_GEMMA4_POSTWAIT_PF
-#define TRT_GEMMA4_POSTWAIT_PF 0
-#endif
-constexpr int kPostWaitPf = TRT_GEMMA4_POSTWAIT_PF;  // EXPERIMENT: k-blocks per warp prefetched after the wait (0-2)
-
 template <int NT, int RG, int DEPTH, bool FULL, bool SMEM, bool PF = false>
 __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restrict__ X,
                                                     const uint8_t* __restrict__ W, const float* __restrict__ S,
@@ -371,16 +366,6 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
 #pragma unroll
     for (int d = 0; d < DEPTH - 1; ++d)
         if (kb + d * stride < kBlocks) loadX(buf[d], kb + d * stride);
-    if constexpr (FULL && kPostWaitPf > 0) {
-        // EXPERIMENT: right after the wait, the k-blocks the next steps will request only once the first activations
-        // have arrived are asked of L2 now (lanes 0-15: k-block DEPTH, lanes 16-31: DEPTH + 1; one row each).
-        const int d = DEPTH + (lane >> 4);
-        if ((lane >> 4) < kPostWaitPf && kb + d * stride < kBlocks) {
-            const uint8_t* p = W + static_cast<size_t>(n0 + (lane & 15)) * K + static_cast<size_t>(kb + d * stride) * kBlock;
-#pragma unroll
-            for (int r = 0; r < RG; ++r) prefetchL2(p + static_cast<size_t>(16 * r) * K);
-        }
-    }
     bool done = kb >= kBlocks;
     while (!done) {
 #pragma unroll
