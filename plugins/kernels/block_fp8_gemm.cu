@@ -353,8 +353,9 @@ __global__ void __launch_bounds__(256) streamKernel(const __nv_bfloat16* __restr
     if constexpr (PF) {
         // PF (FULL only): the warp's later k-blocks, past the DEPTH-1 requested above, prefetched into L2 before
         // waiting for the previous kernel, so that they stream from HBM during its tail. Lanes 0-15 take one row each
-        // of every second k-block, lanes 16-31 the others (a row's k-block is one 128-byte line). Launched only for
-        // split-K 16-token tiles (launchStream): elsewhere it measured slower, in the 12B stack too (NOTES v24).
+        // of every second k-block, lanes 16-31 the others (a row's k-block is one 128-byte line). config.prefetch; the
+        // dispatch sets it for split-K 16-token tiles only: elsewhere it measured slower, in the 12B stack too (NOTES
+        // v24, v25).
         const uint8_t* rowBase = W + static_cast<size_t>(n0 + (lane & 15)) * K;
         for (int d = DEPTH - 1 + (lane >> 4); kb + d * stride < kBlocks; d += 2) {
             const size_t k = static_cast<size_t>(kb + d * stride) * kBlock;
@@ -1301,7 +1302,7 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
 //
 // The L2 prefetch (config.prefetch) of the 16-token streaming tiles where K is split across CTAs (the drafter's
 // 1024 x 8192 at M = 9..16; M = 16, same call: H200 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70;
-// bench/NOTES_gemm.md v24). Elsewhere it measured slower, in the 12B stack too (v24).
+// bench/NOTES_gemm.md v24). Elsewhere it measured slower, in the 12B stack too (v24; by configuration class, v25).
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
     if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)

@@ -358,9 +358,9 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t emptyBar = fullBar + 8 * STAGES;
     // The first stage completes its weights (requested before the previous kernel ended) on full[0] and its
     // activations on xBar, so that the consumers widen the first weight tile while the activations are on their way:
-    // that widening leaves the critical path after the dependency wait (H200, same call: M = 128 1-3% faster on the
-    // 12B shapes, 8% on the drafter's 4096 x 1024; all first-round stages split this way measured slower,
-    // bench/NOTES_gemm.md v25).
+    // that widening leaves the critical path after the dependency wait (H200, same call: M = 128 0.4-3% faster on the
+    // 12B shapes, 7% on the drafter's 4096 x 1024; down at M = 32 2-5% slower; all first-round stages split this way
+    // measured slower; bench/NOTES_gemm.md v25).
     const uint32_t xBar = emptyBar + 8 * STAGES;
 
     int n0, m0;
