@@ -1108,11 +1108,19 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // Short K (at most 8 k-blocks: the drafter's 4096 x 1024) up to M = 256, where 64-token tiles still fit one wave:
     // no split-K (a split of 2-4 k-blocks costs more than it spreads; H200, 4096 x 1024: M = 128 7.0 vs 9.6 µs for
     // 128 tokens split 4, M = 256 8.1 vs 10.6).
-    // M = 33..64 there: 32-token tiles (twice the CTAs, each widening its weight tile; H200 4096 x 1024 M = 64, three
-    // same-run tunes: 5.6-5.7 µs vs 6.2-6.4 for one 64-token tile; M = 96: 6.6 vs 6.8, M = 128 7.2-7.3 vs 6.6-6.8).
+    // M = 33..64 there: one 64-token tile split in two (summed inside a cluster) where that fits one wave (with the
+    // first weight tile widened early, v25; 4096 x 1024, same-run tunes at M = 40 / 48 / 64: H200 4.9 / 4.9 / 5.1 µs
+    // against 5.5 for 32-token tiles, H100 5.7-5.8 against 5.7); else 32-token tiles (twice the CTAs, each widening
+    // its weight tile; v24, H200 M = 64: 5.6-5.7 µs vs 6.2-6.4 for one unsplit 64-token tile; M = 96: 6.6 vs 6.8,
+    // M = 128 7.2-7.3 vs 6.6-6.8).
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
-        c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
         c.splits = 1;
+        if (M <= 64 && kBlocks >= 4 && tilesN * 2 <= sms) {
+            c.tile = 64;
+            c.splits = 2;
+            return c;
+        }
+        c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
         return c;
     }
     if (M <= 128) {
@@ -1296,17 +1304,21 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
 
 // Split-K of the wgmma token tiles sums its partials inside the GEMM, across a thread-block cluster (config.cluster):
 // no FP32 round trip through the workspace and no reduce-pass launch (M = 32-256 where K is split: up to 9% faster on
-// an H200, 12% on an H100; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs only: with one CTA per SM a GPC holds few
-// clusters of 8 (the drafter's 1024 x 8192 at M = 256, split 8: 24.5 µs clustered vs 14.8 with the reduce pass). The
-// streaming kernels (M <= 16) keep the reduce pass: their cluster form measured no faster (v20, v23).
+// an H200, 12% on an H100; bench/NOTES_gemm.md v23). Clusters of 2-4 CTAs; of 5-8 only where the whole grid is at
+// most 64 CTAs (8 clusters: with one CTA per SM a GPC holds few clusters of 8). The drafter's 1024 x 8192 split 8,
+// same-run tunes (v25): M = 40-64, 64 CTAs: H200 8.5-8.6 µs clustered vs 9.0-9.1 with the reduce pass, H100 8.8-9.1
+// vs 9.3-9.5; M = 96-128, 128 CTAs: H200 11.6-11.8 vs 11.1-11.2; M = 256: 24.5 vs 14.8 (v23). The streaming kernels
+// (M <= 16) keep the reduce pass: their cluster form measured no faster (v20, v23).
 //
 // The L2 prefetch (config.prefetch) of the 16-token streaming tiles where K is split across CTAs (the drafter's
 // 1024 x 8192 at M = 9..16; M = 16, same call: H200 5.86 µs against 6.20-6.23, H100 6.07-6.13 against 6.60-6.70;
 // bench/NOTES_gemm.md v24). Elsewhere it measured slower, in the 12B stack too (v24; by configuration class, v25).
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
-    if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && c.splits <= 4 && deviceMajor() == 9)
-        c.cluster = 1;
+    if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && deviceMajor() == 9) {
+        const long long ctas = static_cast<long long>(ceilDiv(N, 128)) * ceilDiv(M, c.tile) * c.splits;
+        if (c.splits <= 4 || (c.splits <= 8 && ctas <= 64)) c.cluster = 1;
+    }
     if (c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && c.splits > 1 && K % kBlock == 0 &&
         N % (16 * c.rowGroups) == 0)
         c.prefetch = 1;
