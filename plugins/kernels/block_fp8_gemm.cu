@@ -1108,19 +1108,13 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // Short K (at most 8 k-blocks: the drafter's 4096 x 1024) up to M = 256, where 64-token tiles still fit one wave:
     // no split-K (a split of 2-4 k-blocks costs more than it spreads; H200, 4096 x 1024: M = 128 7.0 vs 9.6 µs for
     // 128 tokens split 4, M = 256 8.1 vs 10.6).
-    // M = 33..64 there: one 64-token tile split in two (summed inside a cluster) where that fits one wave (with the
-    // first weight tile widened early, v25; 4096 x 1024, same-run tunes at M = 40 / 48 / 64: H200 4.9 / 4.9 / 5.1 µs
-    // against 5.5 for 32-token tiles, H100 5.7-5.8 against 5.7); else 32-token tiles (twice the CTAs, each widening
-    // its weight tile; v24, H200 M = 64: 5.6-5.7 µs vs 6.2-6.4 for one unsplit 64-token tile; M = 96: 6.6 vs 6.8,
-    // M = 128 7.2-7.3 vs 6.6-6.8).
+    // M = 33..64 there: 32-token tiles (twice the CTAs, each widening its weight tile; H200 4096 x 1024 M = 64, three
+    // same-run tunes: 5.6-5.7 µs vs 6.2-6.4 for one 64-token tile; M = 96: 6.6 vs 6.8, M = 128 7.2-7.3 vs 6.6-6.8).
+    // (One 64-token tile split in two inside a cluster measured 10% faster in one H200 tune at v25, even on the H100,
+    // and 1-2% slower in an A/B of the two dispatches on another H200: not taken.)
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
-        c.splits = 1;
-        if (M <= 64 && kBlocks >= 4 && tilesN * 2 <= sms) {
-            c.tile = 64;
-            c.splits = 2;
-            return c;
-        }
         c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
+        c.splits = 1;
         return c;
     }
     if (M <= 128) {
