@@ -1110,7 +1110,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // 128 tokens split 4, M = 256 8.1 vs 10.6).
     // M = 33..64 there: 32-token tiles (twice the CTAs, each widening its weight tile; H200 4096 x 1024 M = 64, three
     // same-run tunes: 5.6-5.7 µs vs 6.2-6.4 for one 64-token tile; M = 96: 6.6 vs 6.8, M = 128 7.2-7.3 vs 6.6-6.8).
-    // (One 64-token tile split in two inside a cluster measured 10% faster in one H200 tune at v25, even on the H100,
+    // (One 64-token tile split in two inside a cluster measured 10% faster in one H200 tune at v25, level on the H100,
     // and 1-2% slower in an A/B of the two dispatches on another H200: not taken.)
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
         c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
