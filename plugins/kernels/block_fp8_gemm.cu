@@ -1004,7 +1004,7 @@ cudaError_t launchStream(dim3 grid, int warps, bool prefetch, const __nv_bfloat1
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
-    // config.prefetch: the L2-prefetching instantiation (16-token tiles, whole rows and k-blocks; checked by the caller).
+    // config.prefetch: the L2-prefetching instantiation (16-token tiles, whole rows and k-blocks: the caller checks).
     if constexpr (NT == 2 && !SMEM) {
         if (prefetch) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
     } else {

@@ -14,8 +14,8 @@
 //       16-token tiles ask L2 for their later k-blocks before the dependency wait (block_fp8_gemm.cuh).
 // Stream-K calls outside CUDA graph capture pass the GEMM a semaphore buffer of this (device, stream), zeroed once.
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
-//       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster, prefetch] of the default dispatch on this
-//       device.
+//       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster, prefetch] of the default dispatch
+//       on this device.
 //   trt_gemma4::block_fp8_dequantize(Tensor w, Tensor s) -> Tensor    bf16 [N, K] = w · s rounded to BF16
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
