@@ -253,16 +253,23 @@ CLUSTER_CONFIGS = [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5), 
 def test_cluster_split_k_is_bit_identical_to_reduce_pass(config: tuple[int, ...], n: int, k: int, m: int) -> None:
     """Fresh inputs, NaN-poisoned output, against fp64; the cluster sums the splits in the reduce pass's order, so the
     same bits as the workspace form, on every call."""
+    y, ref, again = run_with_and_without(config, n, k, m, "cluster", cluster=True)
+    assert torch.equal(y, ref), f"cluster {config} M={m} N={n} K={k}: differs from the reduce pass"
+    assert torch.equal(again, y), f"cluster {config}: results differ between calls"
+
+
+def run_with_and_without(
+    config: tuple[int, ...], n: int, k: int, m: int, what: str, **option: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One configuration on fresh inputs with `option` set (NaN-poisoned output, checked against fp64), then the same
+    inputs without it, then with it again: the three outputs."""
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     x, w, s = random_problem(m, n, k, gen)
     run = torch.ops.trt_gemma4.block_fp8_gemm_config
     y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    run(x, w, s, *config[:5], depth=config[5], out=y, cluster=True)
-    check(y, x, w, s, f"cluster {config} M={m} N={n} K={k}")
-    ref = run(x, w, s, *config[:5], depth=config[5])
-    again = run(x, w, s, *config[:5], depth=config[5], cluster=True)
-    assert torch.equal(y, ref), f"cluster {config} M={m} N={n} K={k}: differs from the reduce pass"
-    assert torch.equal(again, y), f"cluster {config}: results differ between calls"
+    run(x, w, s, *config[:5], depth=config[5], out=y, **option)
+    check(y, x, w, s, f"{what} {config} M={m} N={n} K={k}")
+    return y, run(x, w, s, *config[:5], depth=config[5]), run(x, w, s, *config[:5], depth=config[5], **option)
 
 
 def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -285,13 +292,8 @@ PREFETCH_CONFIGS = [
 @pytest.mark.parametrize("config", PREFETCH_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
 @pytest.mark.parametrize(("n", "k", "m"), [(256, 2048, 16), (1024, 8192, 13), (320, 1024, 9)], ids=str)
 def test_prefetch_is_bit_identical(config: tuple[int, ...], n: int, k: int, m: int) -> None:
-    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
-    x, w, s = random_problem(m, n, k, gen)
-    run = torch.ops.trt_gemma4.block_fp8_gemm_config
-    y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    run(x, w, s, *config[:5], depth=config[5], out=y, prefetch=True)
-    check(y, x, w, s, f"prefetch {config} M={m} N={n} K={k}")
-    assert torch.equal(y, run(x, w, s, *config[:5], depth=config[5])), f"prefetch {config}: differs from without"
+    y, ref, _ = run_with_and_without(config, n, k, m, "prefetch", prefetch=True)
+    assert torch.equal(y, ref), f"prefetch {config}: differs from without"
 
 
 # (kernel, tile, row groups, warps, splits, depth): the register and shared-memory streaming rings, the tiled

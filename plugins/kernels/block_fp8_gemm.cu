@@ -1004,11 +1004,10 @@ cudaError_t launchStream(dim3 grid, int warps, bool prefetch, const __nv_bfloat1
     full = full && gProbeStreamFull != 0;
 #endif
     auto kernel = full ? streamKernel<NT, RG, DEPTH, true, SMEM> : streamKernel<NT, RG, DEPTH, false, SMEM>;
-    // config.prefetch: the L2-prefetching instantiation (16-token tiles, whole rows and k-blocks: the caller checks).
+    // config.prefetch: the L2-prefetching instantiation (16-token tiles, whole rows and k-blocks: the caller checks,
+    // prefetchApplies).
     if constexpr (NT == 2 && !SMEM) {
         if (prefetch) kernel = streamKernel<NT, RG, DEPTH, true, SMEM, true>;
-    } else {
-        if (prefetch) return cudaErrorInvalidValue;
     }
     if (smem > 48 * 1024) {
         const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -1074,6 +1073,11 @@ int streamResidentCtasPerSm(int nt, int rg, int depth, int warps) {
     else if (nt == 2 && rg == 2 && depth == 2)
         err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, streamKernel<2, 2, 2, true, false>, warps * 32, smem);
     return err == cudaSuccess ? blocks : 0;
+}
+
+// Where config.prefetch can apply: the register-streaming 16-token tiles over whole k-blocks and row groups.
+bool prefetchApplies(const BlockFp8GemmConfig& c, int N, int K) {
+    return c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && K % kBlock == 0 && N % (16 * c.rowGroups) == 0;
 }
 
 // Smallest power-of-two split-K (≤ cap) that gives the grid at least `targetCtas` CTAs, keeping at least
@@ -1313,9 +1317,7 @@ BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
         const long long ctas = static_cast<long long>(ceilDiv(N, 128)) * ceilDiv(M, c.tile) * c.splits;
         if (c.splits <= 4 || (c.splits <= 8 && ctas <= 64)) c.cluster = 1;
     }
-    if (c.kernel == BlockFp8GemmKernel::kStream && c.tile == 2 && c.splits > 1 && K % kBlock == 0 &&
-        N % (16 * c.rowGroups) == 0)
-        c.prefetch = 1;
+    if (c.splits > 1 && prefetchApplies(c, N, K)) c.prefetch = 1;
     return c;
 }
 
@@ -1339,7 +1341,7 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
     if (M < 1 || N < 16 || K < 16 || N % 16 != 0 || K % 16 != 0) return cudaErrorInvalidValue;
     if (!X || !Wq || !S || !Y || !aligned16(X) || !aligned16(Wq) || !aligned16(Y)) return cudaErrorInvalidValue;
     const bool streamK = config.kernel == BlockFp8GemmKernel::kWgmma && config.splits == 0;
-    if (config.prefetch != 0 && config.kernel != BlockFp8GemmKernel::kStream) return cudaErrorInvalidValue;
+    if (config.prefetch != 0 && !prefetchApplies(config, N, K)) return cudaErrorInvalidValue;
     if ((config.splits < 1 && !streamK) || config.splits > 16) return cudaErrorInvalidValue;
     // Cluster split-K: 2..8 splits (the portable cluster size) of the wgmma token-tile kernel (sm_90).
     const bool cluster = config.cluster != 0;
@@ -1361,7 +1363,6 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         const int nt = config.tile, rg = config.rowGroups, warps = config.warps, depth = config.depth;
         if (warps < 1 || warps > 8) return cudaErrorInvalidValue;
         const bool prefetch = config.prefetch != 0;
-        if (prefetch && (smemRing || nt != 2 || K % kBlock != 0 || N % (16 * rg) != 0)) return cudaErrorInvalidValue;
         const dim3 grid(ceilDiv(M, 8 * nt), ceilDiv(N, 16 * rg), config.splits);
         if (grid.x > 2147483647u || grid.y > 65535u) return cudaErrorInvalidValue;
         bool found = false;
