@@ -422,11 +422,12 @@ def tune(args, gen: torch.Generator, results: dict, l2: int) -> None:
                         cands.append((2, tile, 1, 1, sp, 2))
             if args.tune_wgmma and torch.cuda.get_device_capability() == (9, 0):
                 # The sm_90a TMA + wgmma kernel: token tile 16..128 (no tile above 2x M), split-K 1..8.
+                # Row groups 2: 64-row tiles whose two consumer warpgroups split the k-blocks.
                 for tile in (16, 32, 64, 128):
                     if tile > max(16, 2 * m):
                         continue
                     for sp in args.tune_splits:
-                        cands.append((3, tile, 1, 1, sp, 2))
+                        cands += [(3, tile, rg, 1, sp, 2) for rg in (1, 2)]
                 if m >= 128:
                     cands.append((3, 256, 1, 1, 1, 2))  # persistent, no split-K
                     cands.append((3, 256, 1, 1, 0, 2))  # persistent, stream-K

@@ -94,11 +94,15 @@ CONFIGS = (
     + [(5, nt, rg, wp, sp, d) for nt, rg, d in SMEM_VARIANTS for wp, sp in ((8, 1), (4, 3), (1, 1))]
     + [(2, tile, 1, 1, sp, 2) for tile in range(6) for sp in (1, 2, 5)]
 )
-# The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros); the
-# persistent kernel data-parallel (tile 256, splits 1) and stream-K (tiles 128 and 256, splits 0).
+# The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros), with
+# 128-row tiles (row groups 1) and 64-row tiles whose two warpgroups split the k-blocks (row groups 2: odd k-block
+# counts, a warpgroup with none); the persistent kernel data-parallel (tile 256, splits 1) and stream-K (tiles 128
+# and 256, splits 0).
 WGMMA_STREAM_K = [(3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
 WGMMA_CONFIGS = (
-    [(3, tile, 1, 1, sp, 2) for tile in (16, 32, 64, 128) for sp in (1, 2, 5)] + [(3, 256, 1, 1, 1, 2)] + WGMMA_STREAM_K
+    [(3, tile, rg, 1, sp, 2) for tile in (16, 32, 64, 128) for rg in (1, 2) for sp in (1, 2, 5)]
+    + [(3, 256, 1, 1, 1, 2)]
+    + WGMMA_STREAM_K
 )
 
 
@@ -243,6 +247,7 @@ def test_wgmma_stream_k_is_deterministic(config: tuple[int, ...], n: int, k: int
 # Split-K summed across a thread-block cluster (sm_90): the wgmma token tiles with 2..8 splits (8 on K = 1040: splits
 # with no k-blocks; 3 and 5: shares of the tile that are not powers of two).
 CLUSTER_CONFIGS = [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5), (64, 3), (128, 2), (128, 4), (128, 8))]
+CLUSTER_CONFIGS += [(3, t, 2, 1, sp, 2) for t, sp in ((16, 8), (64, 2), (64, 3), (128, 2), (128, 4))]  # 64-row tiles
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel (and its cluster split-K) is sm_90a only")
@@ -302,6 +307,7 @@ EXACT_CONFIGS = [(1, 1, 1, 4, 1, 2), (1, 2, 2, 4, 2, 2), (1, 4, 1, 8, 1, 2), (5,
 EXACT_CONFIGS += [(2, 1, 1, 1, 1, 2), (2, 5, 1, 1, 2, 2)]
 EXACT_CONFIGS_SM90 = [(4, 1, 1, 4, 1, 3)]
 EXACT_CONFIGS_SM90 += [(3, t, 1, 1, sp, 2) for t, sp in ((16, 1), (128, 1), (256, 1), (128, 0), (256, 0))]
+EXACT_CONFIGS_SM90 += [(3, 16, 2, 1, 1, 2), (3, 128, 2, 1, 2, 2)]
 
 
 @pytest.mark.parametrize("config", EXACT_CONFIGS + EXACT_CONFIGS_SM90, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
@@ -374,6 +380,11 @@ def test_ops_raise_on_bad_calls() -> None:
         ops.block_fp8_gemm_config(x, w, s, 1, 1, 1, 4, 1, depth=2, prefetch=True)
     with pytest.raises(RuntimeError, match="kernel=3 tile=16 splits=1 cluster=0 prefetch=1"):  # streaming only
         ops.block_fp8_gemm_config(x, w, s, 3, 16, 1, 1, 1, depth=2, prefetch=True)
+    if _is_hopper():  # 64-row wgmma tiles: token tiles 16..128 only; no third row-group form
+        with pytest.raises(RuntimeError, match="kernel=3 tile=256 splits=1 cluster=0 prefetch=0 row_groups=2"):
+            ops.block_fp8_gemm_config(x, w, s, 3, 256, 2, 1, 1, depth=2)
+        with pytest.raises(RuntimeError, match="kernel=3 tile=64 splits=1 cluster=0 prefetch=0 row_groups=3"):
+            ops.block_fp8_gemm_config(x, w, s, 3, 64, 3, 1, 1, depth=2)
     x2, w2 = torch.randn(16, 272, device="cuda", dtype=torch.bfloat16), w[:, :16].repeat(1, 17).contiguous()
     with pytest.raises(RuntimeError, match="K=272 kernel=1 tile=2 splits=1 cluster=0 prefetch=1"):  # whole k-blocks
         ops.block_fp8_gemm_config(x2, w2, torch.ones(1, 3, device="cuda"), 1, 2, 1, 4, 1, depth=2, prefetch=True)

@@ -1415,8 +1415,12 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
             return cudaErrorInvalidValue;
         }
     } else if (config.kernel == BlockFp8GemmKernel::kWgmma) {
+        // rowGroups 2: 64-row tiles whose two consumer warpgroups split the k-blocks (token tiles 16-128).
+        const bool half = config.rowGroups == 2;
+        if ((config.rowGroups != 1 && !half) || (half && (config.tile > 128 || config.splits < 1)))
+            return cudaErrorInvalidValue;
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
-                              config.splits, cluster, stream);
+                              config.splits, cluster, half, stream);
     } else {
         return cudaErrorInvalidValue;
     }

@@ -71,8 +71,11 @@ struct BlockFp8GemmConfig {
     BlockFp8GemmKernel kernel = BlockFp8GemmKernel::kStream;
     int tile = 1;       // stream: token tiles of 8 per CTA (1, 2 or 4); tiled: tile index (see above);
                         // wgmma: tokens per CTA (16, 32, 64, 128; 256 = the persistent kernel, splits = 1);
-                        // a CTA always covers 128 weight rows
-    int rowGroups = 1;  // stream only: 16-row weight groups per warp (1 or 2; 1 when tile = 4)
+                        // a CTA covers 128 weight rows (64 with rowGroups = 2)
+    int rowGroups = 1;  // stream: 16-row weight groups per warp (1 or 2; 1 when tile = 4); wgmma token tiles 16-128:
+                        // 1 = 128-row CTA tiles (the two consumer warpgroups side by side, 64 rows each), 2 = 64-row
+                        // tiles whose two consumer warpgroups take alternate k-blocks and sum in shared memory (half
+                        // the weights to widen per CTA, twice the CTAs); other kernels: 1
     int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8); bulk: consumer warps
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass (unless cluster);
                         // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'

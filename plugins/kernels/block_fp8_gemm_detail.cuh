@@ -245,10 +245,12 @@ bool wgmmaAvailable();
 // the caller's reduce pass), except with `cluster` (token tiles 16-128, splits 2..8: the splits of a tile are one
 // thread-block cluster that sums them in the kernel; partial == nullptr). splits = 0: the stream-K kernel (tokTile
 // 128 or 256), `partial` = its workspace of wgmmaStreamKWorkspace(tokTile) bytes, its flags in `sem` when given
-// (else zeroed in the workspace by a memset), no reduce pass. cudaErrorNotSupported where wgmmaAvailable() is false.
+// (else zeroed in the workspace by a memset), no reduce pass. `half` (token tiles 16-128): 64-row CTA tiles whose two
+// consumer warpgroups split the k-blocks (config.rowGroups = 2). cudaErrorNotSupported where wgmmaAvailable() is
+// false.
 size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, bool cluster, cudaStream_t stream);
+                            int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace trt_gemma4

@@ -73,19 +73,31 @@ namespace {
 constexpr int kRows = 128;     // weight rows per CTA (2 consumer warpgroups x 64)
 constexpr int kKBlock = 128;   // k per stage = one scale block
 
-template <int T>
+// The token-tile kernel's shape. HALF (config.rowGroups = 2): a CTA covers 64 weight rows instead of 128 and its two
+// consumer warpgroups take alternate k-blocks of those rows (an intra-CTA split-K, summed in shared memory at the
+// end), so each warpgroup widens half the weight tiles of a 128-row CTA: twice the CTAs for the same grid of
+// weights, each with half the conversion and half the wgmma work per k-block range.
+template <int T, bool HALF = false>
 struct WgShape {
-    static constexpr int STAGES = T <= 16 ? 10 : (T <= 32 ? 8 : (T <= 64 ? 6 : 4));
-    static constexpr int W_BYTES = kRows * kKBlock;    // 16 KB FP8
+    static constexpr int ROWS = HALF ? 64 : kRows;     // weight rows per CTA
+    static constexpr int W_BYTES = ROWS * kKBlock;     // 16 KB (8 KB) FP8
     static constexpr int X_HALF = T * 128;             // [T][64] bf16
     static constexpr int STAGE = W_BYTES + 2 * X_HALF; // a multiple of 1024: every tile stays 1024-aligned
+    static constexpr int STAGES = HALF ? (T <= 16 ? 16 : (T <= 32 ? 12 : (T <= 64 ? 8 : 5)))
+                                       : (T <= 16 ? 10 : (T <= 32 ? 8 : (T <= 64 ? 6 : 4)));
+    static constexpr int X_BARS = HALF ? 2 : 1;        // first-round stages whose activations have their own barrier
     static constexpr int BARS = STAGES * STAGE;        // barrier area offset
-    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 8 + 1024;  // full, empty, first X; + slack to align to 1024
+    static constexpr int SMEM = BARS + 2 * STAGES * 8 + 8 * X_BARS + 1024;  // full, empty, first X; + align slack
     static constexpr int EPI_ROW = 64 * 2 + 16;        // epilogue staging row: 64 bf16 + 16 B pad (banks)
     static_assert(STAGE % 1024 == 0, "stage tiles must stay 1024-byte aligned for the 128-byte swizzle");
     static_assert(2 * T * EPI_ROW <= STAGES * STAGE, "epilogue staging must fit in the stage ring");
-    static constexpr int CLU_PITCH = kRows + 4;        // cluster split-K: floats per token row (+4: banks)
+    static constexpr int CLU_PITCH = ROWS + 4;         // cluster split-K: floats per token row (+4: banks)
     static_assert(T * CLU_PITCH * 4 <= STAGES * STAGE, "the cluster partial tile must fit in the stage ring");
+    // HALF: the second warpgroup's FP32 accumulators for the first to add, [T/2][128 threads], behind the epilogue's
+    // staging area (the first warpgroup writes that while it may still read these).
+    static constexpr int COMB = 40 * 1024;
+    static_assert(!HALF || (T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
+                            COMB + T * 256 <= STAGES * STAGE), "the warpgroups' sum area must fit in the ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
 
@@ -310,28 +322,30 @@ __device__ __forceinline__ uint8_t* alignedSmem(uint8_t* raw) {
 // a round of persistent CTAs) shares a few weight tiles and a few token tiles through L2 instead of streaming one of
 // them whole. Returns the tile's first weight row and first token.
 __device__ __forceinline__ void groupedTileOrigin(int tile, int tilesN, int tilesT, int tokensPerTile, int& n0,
-                                                  int& m0) {
+                                                  int& m0, int rowsPerTile = kRows) {
     constexpr int kGroupN = 8;
     const int perGroup = kGroupN * tilesT;
     const int group = tile / perGroup;
     const int firstN = group * kGroupN;
     const int groupSize = min(tilesN - firstN, kGroupN);
     const int local = tile - group * perGroup;
-    n0 = (firstN + local % groupSize) * kRows;
+    n0 = (firstN + local % groupSize) * rowsPerTile;
     m0 = (local / groupSize) * tokensPerTile;
 }
 
 // Thread 0 initialises the stage ring's barriers (full: the producer's arrival + TMA bytes; empty: one arrival per
-// consumer warp), then the whole CTA synchronises.
-// xBar (0: none): one more barrier, count 1 (the token-tile kernel's first activations).
-__device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages, uint32_t xBar = 0) {
+// consumer warp of the stage, `releasers`), then the whole CTA synchronises.
+// xBar (0: none): xBars more barriers, count 1 each (the token-tile kernel's first activations).
+__device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emptyBar, int stages, uint32_t xBar = 0,
+                                                  int xBars = 1, int releasers = 8) {
     if (threadIdx.x == 0) {
 #pragma unroll 1
         for (int s = 0; s < stages; ++s) {
             mbarInit(fullBar + 8 * s, 1);
-            mbarInit(emptyBar + 8 * s, 8);
+            mbarInit(emptyBar + 8 * s, releasers);
         }
-        if (xBar != 0) mbarInit(xBar, 1);
+        if (xBar != 0)
+            for (int b = 0; b < xBars; ++b) mbarInit(xBar + 8 * b, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -343,14 +357,17 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-template <int T>
+template <int T, bool HALF>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M,
                     int N, int K, int tilesN, int tilesT, int kbPerSplit) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
-    using Sh = WgShape<T>;
+    using Sh = WgShape<T, HALF>;
     constexpr int STAGES = Sh::STAGES;
+    constexpr int ROWS = Sh::ROWS;
+    // k-blocks between one warpgroup's consecutive steps: HALF, warpgroup cw takes k-blocks cw, cw + 2, ...
+    constexpr int KSTEP = HALF ? 2 : 1;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = alignedSmem(smemRaw);
     const uint32_t sbase = smemAddr(smem);
@@ -360,16 +377,17 @@ __global__ void __launch_bounds__(384, 1)
     // activations on xBar, so that the consumers widen the first weight tile while the activations are on their way:
     // that widening leaves the critical path after the dependency wait (H200, same call: M = 128 0.4-3% faster on the
     // 12B shapes, 7% on the drafter's 4096 x 1024; down at M = 32 2-5% slower; all first-round stages split this way
-    // measured slower; bench/NOTES_gemm.md v25).
+    // measured slower; bench/NOTES_gemm.md v25). HALF: the first stage of each warpgroup (stages 0 and 1), at xBar
+    // + 8 i.
     const uint32_t xBar = emptyBar + 8 * STAGES;
 
     int n0, m0;
-    groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0);
+    groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0, ROWS);
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
-    initStageBarriers(fullBar, emptyBar, STAGES, xBar);
+    initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, HALF ? 4 : 8);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
     const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
@@ -385,19 +403,19 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || i == 0 ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || i < Sh::X_BARS ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
-                const uint32_t bar = i == 0 ? xBar : fullBar + 8 * i;
+                const uint32_t bar = i < Sh::X_BARS ? xBar + 8 * i : fullBar + 8 * i;
                 if (TRT_GEMMA4_SOL & 32) {  // (probe 32: no activation loads, wrong results)
-                    if (i == 0) mbarArrive(xBar);
+                    if (i < Sh::X_BARS) mbarArrive(bar);
                     continue;
                 }
-                if (i == 0) mbarExpectTx(xBar, 2 * Sh::X_HALF);
+                if (i < Sh::X_BARS) mbarExpectTx(bar, 2 * Sh::X_HALF);
                 tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, bar);
                 tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, bar);
             }
@@ -427,10 +445,10 @@ __global__ void __launch_bounds__(384, 1)
 
     // ---- consumers ----
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    const int cw = wg - 1;  // consumer warpgroup: weight rows 64 cw .. 64 cw + 63 of the tile
+    const int cw = wg - 1;  // consumer warpgroup: weight rows 64 cw .. 64 cw + 63 of the tile (HALF: rows 0..63)
     const int tid = threadIdx.x & 127;
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const uint32_t rowAddr = sbase + (64 * cw + 16 * w4 + g) * 128;
+    const uint32_t rowAddr = sbase + ((HALF ? 0 : 64 * cw) + 16 * w4 + g) * 128;
     uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g
 #pragma unroll
     for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(t >> 1) * 4;
@@ -448,7 +466,7 @@ __global__ void __launch_bounds__(384, 1)
         const int s = i % STAGES;
         const float scale = __ldg(sRow + i);
         const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
-        if (i == 0) mbarWait(xBar, 0);  // the first stage's activations have their own barrier
+        if (i < Sh::X_BARS) mbarWait(xBar + 8 * i, 0);  // the first stage's activations have their own barrier
         fenceRegs(part);
         waitTurn(cw);
         wgmmaFence();
@@ -457,9 +475,9 @@ __global__ void __launch_bounds__(384, 1)
             wgmmaRs(part, cur[j], descSw128(xs + (j >> 2) * Sh::X_HALF + (j & 3) * 32), j > 0 ? 1 : 0);
         wgmmaCommit();
         passTurn(cw);
-        if (i + 1 < nkb) {
-            const int s1 = (i + 1) % STAGES;
-            mbarWait(fullBar + 8 * s1, ((i + 1) / STAGES) & 1);
+        if (i + KSTEP < nkb) {
+            const int s1 = (i + KSTEP) % STAGES;
+            mbarWait(fullBar + 8 * s1, ((i + KSTEP) / STAGES) & 1);
             loadWeightFrags<8, 128>(nxt, rowAddr + s1 * Sh::STAGE, offs, sel);
         }
         wgmmaWaitAll();
@@ -471,17 +489,37 @@ __global__ void __launch_bounds__(384, 1)
         for (int r = 0; r < T / 2; ++r) acc[r] = fmaf(scale, part[r], acc[r]);
     };
 
-    if (nkb > 0) {
-        mbarWait(fullBar, 0);
-        loadWeightFrags<8, 128>(fragA, rowAddr, offs, sel);
-        if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+    // The warpgroup's first k-block: 0, or HALF cw (stage cw, first round).
+    const int first = HALF ? cw : 0;
+    if (first < nkb) {
+        mbarWait(fullBar + 8 * first, 0);
+        loadWeightFrags<8, 128>(fragA, rowAddr + first * Sh::STAGE, offs, sel);
     }
+    if (nkb > 0 && cw == 1) passTurn(cw);  // warpgroup 0 goes first
 #pragma unroll 1
-    for (int i = 0; i < nkb; i += 2) {
+    for (int i = first; i < nkb; i += 2 * KSTEP) {
         step(i, fragA, fragB);
-        if (i + 1 < nkb) step(i + 1, fragB, fragA);
+        if (i + KSTEP < nkb) step(i + KSTEP, fragB, fragA);
     }
-    if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+    // The turn barriers end balanced: warpgroup 0 takes warpgroup 1's last pass, or (HALF, odd k-block count: one
+    // step more for warpgroup 0) warpgroup 1 takes warpgroup 0's.
+    if (nkb > 0 && cw == (HALF && (nkb & 1) ? 1 : 0)) waitTurn(cw);
+    if constexpr (HALF) {
+        // Intra-CTA split-K: warpgroup 0's sum plus warpgroup 1's, in that order (deterministic), through shared
+        // memory behind the epilogue's staging area; then warpgroup 0 holds the tile's 64 rows.
+        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+        float* comb = reinterpret_cast<float*>(smem + Sh::COMB);
+        if (cw == 1) {
+#pragma unroll
+            for (int r = 0; r < T / 2; ++r) comb[r * 128 + tid] = acc[r];
+        }
+        namedBarrier(1, 256);
+        if (cw == 0) {
+#pragma unroll
+            for (int r = 0; r < T / 2; ++r) acc[r] += comb[r * 128 + tid];
+        }
+        if (cw == 1 && !clustered) return;  // only the cluster's barriers and sums still need it
+    }
 
     waitForPrerequisite();  // already true (the producer waited before loading activations); orders our stores
     allowDependents();
@@ -491,7 +529,7 @@ __global__ void __launch_bounds__(384, 1)
     if (partial == nullptr && !clustered) {
         // Stage the BF16 tile as [token][64 features] (rows padded to 144 B: the 2-byte stores of a warp hit 16
         // distinct words), then write 16-byte pieces: each token's 64 features are 128 contiguous bytes of Y.
-        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+        if (!HALF) namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the ring is free
         uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
 #pragma unroll
         for (int j = 0; j < T / 8; ++j) {
@@ -521,17 +559,19 @@ __global__ void __launch_bounds__(384, 1)
         namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
         float* tile = reinterpret_cast<float*>(smem);
         const int f = 64 * cw + feat;
+        if (!HALF || cw == 0) {
 #pragma unroll
-        for (int j = 0; j < T / 8; ++j) {
-            float* r = tile + (8 * j + 2 * t) * Sh::CLU_PITCH + f;
-            r[0] = acc[4 * j];
-            r[Sh::CLU_PITCH] = acc[4 * j + 1];
-            r[8] = acc[4 * j + 2];
-            r[Sh::CLU_PITCH + 8] = acc[4 * j + 3];
+            for (int j = 0; j < T / 8; ++j) {
+                float* r = tile + (8 * j + 2 * t) * Sh::CLU_PITCH + f;
+                r[0] = acc[4 * j];
+                r[Sh::CLU_PITCH] = acc[4 * j + 1];
+                r[8] = acc[4 * j + 2];
+                r[Sh::CLU_PITCH + 8] = acc[4 * j + 3];
+            }
         }
         clusterSync();
         const int nz = static_cast<int>(gridDim.y), z = static_cast<int>(blockIdx.y);
-        constexpr int kPieces = T * (kRows / 4);
+        constexpr int kPieces = T * (ROWS / 4);
         const int share = (kPieces + nz - 1) / nz;
         const int end = (TRT_GEMMA4_SOL & 64) ? 0 : min(kPieces, (z + 1) * share);  // (probe 64: no sums, no stores)
         const uint32_t base = smemAddr(smem);
@@ -548,7 +588,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
                 for (int b = 0; b < kBatch; ++b) {
                     const int p = p0 + 256 * b;  // pieces past the share are neither loaded nor stored
-                    a[b] = base + static_cast<uint32_t>(((p / (kRows / 4)) * Sh::CLU_PITCH + 4 * (p % (kRows / 4))) * 4);
+                    a[b] = base + static_cast<uint32_t>(((p / (ROWS / 4)) * Sh::CLU_PITCH + 4 * (p % (ROWS / 4))) * 4);
                     v[b] = p < end ? ldsCluster128(clusterMapShared(a[b], 0)) : make_float4(0.f, 0.f, 0.f, 0.f);
                 }
                 for (int r = 1; r < nz; ++r) {
@@ -567,7 +607,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
                 for (int b = 0; b < kBatch; ++b) {
                     const int p = p0 + 256 * b;
-                    const int m = m0 + p / (kRows / 4), n = n0 + 4 * (p % (kRows / 4));
+                    const int m = m0 + p / (ROWS / 4), n = n0 + 4 * (p % (ROWS / 4));
                     if (p < end && m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
                         const __nv_bfloat162 lo = __floats2bfloat162_rn(v[b].x, v[b].y);
                         const __nv_bfloat162 hi = __floats2bfloat162_rn(v[b].z, v[b].w);
@@ -581,7 +621,7 @@ __global__ void __launch_bounds__(384, 1)
         } else {
 #pragma unroll 1
             for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
-                const int tok = p / (kRows / 4), q = p % (kRows / 4);
+                const int tok = p / (ROWS / 4), q = p % (ROWS / 4);
                 const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
                 // All splits' loads of the piece issued before the first add, then summed in split order (with the
                 // relaxed last barrier below: H200 1-4.5% faster than the loads one split at a time with the release
@@ -1156,23 +1196,25 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT);
 }
 
-template <int T>
+template <int T, bool HALF>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
+    using Sh = WgShape<T, HALF>;
     CUtensorMap tmW, tmX;
-    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, Sh::ROWS,
+                       CU_TENSOR_MAP_SWIZZLE_128B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kbPerSplit = (kBlocks + splits - 1) / splits;
-    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
+    const int tilesN = (N + Sh::ROWS - 1) / Sh::ROWS, tilesT = (M + T - 1) / T;
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
     const cudaError_t err =
-        cudaFuncSetAttribute(wgmmaGemmKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, WgShape<T>::SMEM);
+        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T>,
-                           dim3(static_cast<unsigned>(ctas), splits), 384, WgShape<T>::SMEM, stream, tmW, tmX, S,
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
+                           dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
 }
 
@@ -1190,7 +1232,7 @@ bool wgmmaAvailable() {
     bool ok = deviceMajor() == 9 && tensorMapEncoder() != nullptr;
     if (ok) {
         cudaFuncAttributes attr{};
-        ok = cudaFuncGetAttributes(&attr, wgmmaGemmKernel<16>) == cudaSuccess && attr.ptxVersion >= 90 &&
+        ok = cudaFuncGetAttributes(&attr, wgmmaGemmKernel<16, false>) == cudaSuccess && attr.ptxVersion >= 90 &&
              attr.binaryVersion >= 90;
         if (!ok) (void)cudaGetLastError();  // a missing kernel image must not stick to the next call's status
     }
@@ -1201,7 +1243,7 @@ bool wgmmaAvailable() {
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, bool cluster, cudaStream_t stream) {
+                            int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
         if (partial == nullptr) return cudaErrorInvalidValue;
@@ -1211,11 +1253,20 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     }
     if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
     if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
+    if (half) {  // 64-row tiles, the two consumer warpgroups splitting the k-blocks: token tiles 16..128 only
+        switch (tokTile) {
+            case 16: return launchTokTile<16, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+            case 32: return launchTokTile<32, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+            case 64: return launchTokTile<64, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+            case 128: return launchTokTile<128, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+            default: return cudaErrorInvalidValue;
+        }
+    }
     switch (tokTile) {
-        case 16: return launchTokTile<16>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 32: return launchTokTile<32>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 64: return launchTokTile<64>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 128: return launchTokTile<128>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 16: return launchTokTile<16, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 32: return launchTokTile<32, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 64: return launchTokTile<64, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 128: return launchTokTile<128, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 256:
             if (splits != 1) return cudaErrorInvalidValue;
             return launchWide(X, W, S, Y, M, N, K, stream);

@@ -125,7 +125,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, co
         stream, useSemaphores ? semaphoresFor(x.device(), stream, c) : nullptr);
     TG4_CHECK(err == cudaSuccess, "block_fp8_gemm failed (M=", M, " N=", N, " K=", K, " kernel=",
               static_cast<int>(c.kernel), " tile=", c.tile, " splits=", c.splits, " cluster=", c.cluster,
-              " prefetch=", c.prefetch, "): ", cudaGetErrorString(err));
+              " prefetch=", c.prefetch, " row_groups=", c.rowGroups, "): ", cudaGetErrorString(err));
     return y.view(outShape);
 }
 
