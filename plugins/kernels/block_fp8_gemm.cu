@@ -1109,6 +1109,21 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         while (sp < 8 && ctas * sp * 2 <= sms && kBlocks >= 4 * sp) sp *= 2;
         return sp;
     };
+    // 64-row tiles whose two consumer warpgroups split the k-blocks (rowGroups 2), where twice the 128-row tiles
+    // still fit one wave and K is at most 64 k-blocks: each CTA widens half the weights, and the split-K that filled
+    // the SMs before shrinks or goes (its cluster exchange moves half the bytes). Split until the grid fills one wave
+    // while each warpgroup keeps at least 8 k-blocks. H200, same-run tune (bench/NOTES_gemm.md v26), µs, 128-row
+    // dispatch -> this: M = 64 qkv 14.3 -> 13.4, o 10.2 -> 9.3, o_global 14.9 -> 14.5, drafter 4096 x 1024 5.8 -> 4.1,
+    // 1024 x 8192 8.6 -> 8.0; M = 128 qkv 18.6 -> 17.8, o 13.1 -> 12.1, o_global 20.0 -> 19.7, drafter 4096 x 1024
+    // 6.1 -> 5.7, 1024 x 8192 11.1 -> 10.5. Longer K (down, 120 k-blocks) loses: each 64-row CTA reads the whole
+    // token tile, twice the activation traffic (M = 128: 33.5 vs 31.6).
+    auto tryHalf = [&](BlockFp8GemmConfig& h) {
+        const long long ctasH = static_cast<long long>(ceilDiv(N, 64)) * ceilDiv(M, h.tile);
+        if (kBlocks > 64 || ctasH > sms) return;
+        h.rowGroups = 2;
+        h.splits = 1;
+        while (h.splits < 8 && ctasH * h.splits * 2 <= sms && kBlocks >= 32 * h.splits) h.splits *= 2;
+    };
     // Short K (at most 8 k-blocks: the drafter's 4096 x 1024) up to M = 256, where 64-token tiles still fit one wave:
     // no split-K (a split of 2-4 k-blocks costs more than it spreads; H200, 4096 x 1024: M = 128 7.0 vs 9.6 µs for
     // 128 tokens split 4, M = 256 8.1 vs 10.6).
@@ -1119,7 +1134,11 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
         c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
         c.splits = 1;
-        return c;
+        // 64-row tiles where they fit one wave: 64-token tiles (4096 x 1024, M = 64: 4.1 µs against 4.8 for 32 tokens)
+        BlockFp8GemmConfig h = c;
+        h.tile = 64;
+        tryHalf(h);
+        return h.rowGroups == 2 ? h : c;
     }
     if (M <= 128) {
         c.tile = M <= 16 ? 16 : (M <= 32 ? 32 : (M <= 64 ? 64 : 128));
@@ -1133,6 +1152,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             c.splits = 1;
             while (c.splits < 8 && ctas * c.splits * 2 <= sms && kBlocks >= 8 * c.splits) c.splits *= 2;
         }
+        if (M > 32) tryHalf(c);
         return c;
     }
     // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk
@@ -1314,8 +1334,13 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
 BlockFp8GemmConfig blockFp8WoGemmDefaultConfig(int M, int N, int K) {
     BlockFp8GemmConfig c = defaultConfigUnclustered(M, N, K);
     if (c.kernel == BlockFp8GemmKernel::kWgmma && c.tile <= 128 && c.splits >= 2 && deviceMajor() == 9) {
-        const long long ctas = static_cast<long long>(ceilDiv(N, 128)) * ceilDiv(M, c.tile) * c.splits;
-        if (c.splits <= 4 || (c.splits <= 8 && ctas <= 64)) c.cluster = 1;
+        const long long ctas =
+            static_cast<long long>(ceilDiv(N, c.rowGroups == 2 ? 64 : 128)) * ceilDiv(M, c.tile) * c.splits;
+        // 64-row tiles: clusters of 2, or of up to 8 in grids of at most 64 CTAs (the drafter's 1024 x 8192 split 4:
+        // M = 64, 64 CTAs: 8.0 µs clustered, over 9 without; M = 128, 128 CTAs: 10.5 without, over 11.3 clustered).
+        if (c.rowGroups == 2 ? c.splits == 2 || (c.splits <= 8 && ctas <= 64)
+                             : c.splits <= 4 || (c.splits <= 8 && ctas <= 64))
+            c.cluster = 1;
     }
     if (c.splits > 1 && prefetchApplies(c, N, K)) c.prefetch = 1;
     return c;
