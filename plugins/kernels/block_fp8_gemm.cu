@@ -1112,11 +1112,12 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // 64-row tiles whose two consumer warpgroups split the k-blocks (rowGroups 2), where twice the 128-row tiles
     // still fit one wave and K is at most 64 k-blocks: each CTA widens half the weights, and the split-K that filled
     // the SMs before shrinks or goes (its cluster exchange moves half the bytes). Split until the grid fills one wave
-    // while each warpgroup keeps at least 8 k-blocks. H200, same-run tune (bench/NOTES_gemm.md v26), µs, 128-row
-    // dispatch -> this: M = 64 qkv 14.3 -> 13.4, o 10.2 -> 9.3, o_global 14.9 -> 14.5, drafter 4096 x 1024 5.8 -> 4.1,
-    // 1024 x 8192 8.6 -> 8.0; M = 128 qkv 18.6 -> 17.8, o 13.1 -> 12.1, o_global 20.0 -> 19.7, drafter 4096 x 1024
-    // 6.1 -> 5.7, 1024 x 8192 11.1 -> 10.5. Longer K (down, 120 k-blocks) loses: each 64-row CTA reads the whole
-    // token tile, twice the activation traffic (M = 128: 33.5 vs 31.6).
+    // while each warpgroup keeps at least 8 k-blocks. Taken for the drafter's two small shapes at M = 33..128, where
+    // it was faster at every measured M (H200, same-call A/B, bench/NOTES_gemm.md v26, µs: 4096 x 1024 M = 40 / 64 /
+    // 128 5.1-5.2 / 5.1 / 6.1 -> 4.1-4.2 / 4.1 / 5.7; 1024 x 8192 M = 40 / 64 / 96 / 128 8.4 / 8.2 / 11.1-11.2 / 11.1
+    // -> 8.1 / 8.0 / 10.5-10.6 / 10.4-10.5). On the 12B shapes it was faster at some M and slower at others (o
+    // M = 64 / 128 10.1 / 12.8 -> 9.4 / 12.1 but M = 33 10.4 -> 11.6; qkv M = 64 14.0 -> 13.3 but M = 96 18.3 -> 22.3;
+    // down, with 120 k-blocks, slower at every M: each 64-row CTA reads the whole token tile): not taken there.
     auto tryHalf = [&](BlockFp8GemmConfig& h) {
         const long long ctasH = static_cast<long long>(ceilDiv(N, 64)) * ceilDiv(M, h.tile);
         if (kBlocks > 64 || ctasH > sms) return;
@@ -1134,7 +1135,8 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     if (M <= 256 && kBlocks <= 8 && tilesN * ceilDiv(M, 64) <= sms && M > 32) {
         c.tile = M <= 64 && tilesN * ceilDiv(M, 32) <= sms ? 32 : 64;
         c.splits = 1;
-        // 64-row tiles where they fit one wave: 64-token tiles (4096 x 1024, M = 64: 4.1 µs against 4.8 for 32 tokens)
+        // 64-row tiles where they fit one wave: 64-token tiles (4096 x 1024, M = 40 / 64: 4.1 µs against 4.8-5.1 for 32
+        // tokens on 64-row tiles, same-run tunes)
         BlockFp8GemmConfig h = c;
         h.tile = 64;
         tryHalf(h);
@@ -1152,7 +1154,13 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             c.splits = 1;
             while (c.splits < 8 && ctas * c.splits * 2 <= sms && kBlocks >= 8 * c.splits) c.splits *= 2;
         }
-        if (M > 32) tryHalf(c);
+        // Few row tiles (at most 8 of 128 rows) at M = 33..128: 64-row tiles, split until one wave.
+        if (M > 32 && tilesN * 8 * 2 <= sms) {
+            BlockFp8GemmConfig h = c;
+            h.tile = 64;
+            tryHalf(h);
+            if (h.rowGroups == 2) return h;
+        }
         return c;
     }
     // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk

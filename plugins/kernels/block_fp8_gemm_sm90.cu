@@ -380,6 +380,7 @@ __global__ void __launch_bounds__(384, 1)
     // measured slower; bench/NOTES_gemm.md v25). HALF: the first stage of each warpgroup (stages 0 and 1), at xBar
     // + 8 i.
     const uint32_t xBar = emptyBar + 8 * STAGES;
+    auto ownX = [](int i) { return HALF ? i < Sh::X_BARS : i == 0; };  // stage i's activations on xBar + 8 i
 
     int n0, m0;
     groupedTileOrigin(static_cast<int>(blockIdx.x), tilesN, tilesT, T, n0, m0, ROWS);
@@ -403,19 +404,19 @@ __global__ void __launch_bounds__(384, 1)
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || i < Sh::X_BARS ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || ownX(i) ? Sh::W_BYTES : Sh::STAGE);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
                 const uint32_t xs = sbase + i * Sh::STAGE + Sh::W_BYTES;
-                const uint32_t bar = i < Sh::X_BARS ? xBar + 8 * i : fullBar + 8 * i;
+                const uint32_t bar = ownX(i) ? xBar + 8 * i : fullBar + 8 * i;
                 if (TRT_GEMMA4_SOL & 32) {  // (probe 32: no activation loads, wrong results)
-                    if (i < Sh::X_BARS) mbarArrive(bar);
+                    if (ownX(i)) mbarArrive(bar);
                     continue;
                 }
-                if (i < Sh::X_BARS) mbarExpectTx(bar, 2 * Sh::X_HALF);
+                if (ownX(i)) mbarExpectTx(bar, 2 * Sh::X_HALF);
                 tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, bar);
                 tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, bar);
             }
@@ -466,7 +467,8 @@ __global__ void __launch_bounds__(384, 1)
         const int s = i % STAGES;
         const float scale = __ldg(sRow + i);
         const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
-        if (i < Sh::X_BARS) mbarWait(xBar + 8 * i, 0);  // the first stage's activations have their own barrier
+        // The first stage's activations (HALF: each warpgroup's first) have their own barrier.
+        if (ownX(i)) mbarWait(xBar + 8 * i, 0);
         fenceRegs(part);
         waitTurn(cw);
         wgmmaFence();
@@ -489,21 +491,35 @@ __global__ void __launch_bounds__(384, 1)
         for (int r = 0; r < T / 2; ++r) acc[r] = fmaf(scale, part[r], acc[r]);
     };
 
-    // The warpgroup's first k-block: 0, or HALF cw (stage cw, first round).
-    const int first = HALF ? cw : 0;
-    if (first < nkb) {
-        mbarWait(fullBar + 8 * first, 0);
-        loadWeightFrags<8, 128>(fragA, rowAddr + first * Sh::STAGE, offs, sel);
-    }
-    if (nkb > 0 && cw == 1) passTurn(cw);  // warpgroup 0 goes first
+    if constexpr (HALF) {
+        // Warpgroup cw takes k-blocks cw, cw + 2, ... (its first: stage cw, first round).
+        const int first = cw;
+        if (first < nkb) {
+            mbarWait(fullBar + 8 * first, 0);
+            loadWeightFrags<8, 128>(fragA, rowAddr + first * Sh::STAGE, offs, sel);
+        }
+        if (nkb > 0 && cw == 1) passTurn(cw);  // warpgroup 0 goes first
 #pragma unroll 1
-    for (int i = first; i < nkb; i += 2 * KSTEP) {
-        step(i, fragA, fragB);
-        if (i + KSTEP < nkb) step(i + KSTEP, fragB, fragA);
+        for (int i = first; i < nkb; i += 2 * KSTEP) {
+            step(i, fragA, fragB);
+            if (i + KSTEP < nkb) step(i + KSTEP, fragB, fragA);
+        }
+        // The turn barriers end balanced: warpgroup 0 takes warpgroup 1's last pass, or (an odd k-block count: one
+        // step more for warpgroup 0) warpgroup 1 takes warpgroup 0's.
+        if (nkb > 0 && cw == (nkb & 1)) waitTurn(cw);
+    } else {
+        if (nkb > 0) {
+            mbarWait(fullBar, 0);
+            loadWeightFrags<8, 128>(fragA, rowAddr, offs, sel);
+            if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+        }
+#pragma unroll 1
+        for (int i = 0; i < nkb; i += 2) {
+            step(i, fragA, fragB);
+            if (i + 1 < nkb) step(i + 1, fragB, fragA);
+        }
+        if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     }
-    // The turn barriers end balanced: warpgroup 0 takes warpgroup 1's last pass, or (HALF, odd k-block count: one
-    // step more for warpgroup 0) warpgroup 1 takes warpgroup 0's.
-    if (nkb > 0 && cw == (HALF && (nkb & 1) ? 1 : 0)) waitTurn(cw);
     if constexpr (HALF) {
         // Intra-CTA split-K: warpgroup 0's sum plus warpgroup 1's, in that order (deterministic), through shared
         // memory behind the epilogue's staging area; then warpgroup 0 holds the tile's 64 rows.
