@@ -288,6 +288,29 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return torch.eye(k, device="cuda", dtype=torch.bfloat16), w, s
 
 
+# The wgmma token tiles load only the tokens that exist for the last tile (rows past M keep whatever shared memory
+# held): (kernel, tile, row groups, warps, splits, depth, cluster).
+TAIL_CONFIGS = [(3, 64, 1, 1, 1, 2, 0), (3, 128, 1, 1, 2, 2, 1), (3, 32, 2, 1, 1, 2, 0), (3, 128, 2, 1, 2, 2, 1)]
+TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0)]
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
+@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}c{}".format(*c))
+def test_wgmma_rows_past_m_stay_out(config: tuple[int, ...]) -> None:
+    """After calls on all-Inf activations (Inf left in shared memory), partial token tiles still match fp64, no NaN."""
+    gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
+    n, k, tile = 1024, 1040, config[1]
+    x, w, s = random_problem(2 * tile, n, k, gen)
+    run = torch.ops.trt_gemma4.block_fp8_gemm_config
+    ws = torch.full_like(x, float("inf"))
+    for m in (1, tile // 2 + 1, 2 * tile - 1):
+        run(ws, w, s, *config[:5], depth=config[5], cluster=bool(config[6]))
+        y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        run(x[:m], w, s, *config[:5], depth=config[5], out=y, cluster=bool(config[6]))
+        torch.cuda.synchronize()
+        check(y, x[:m], w, s, f"tail {config} M={m} N={n} K={k}")
+
+
 # The L2 prefetch of the register-streaming 16-token tiles (whole rows and k-blocks): the same arithmetic in the same
 # order, so the same bits as without it, for every instantiation it has; split-K incl. splits with no k-blocks.
 PREFETCH_CONFIGS = [

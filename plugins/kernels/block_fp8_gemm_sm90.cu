@@ -360,8 +360,9 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 template <int T, bool HALF>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
-                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M,
-                    int N, int K, int tilesN, int tilesT, int kbPerSplit) {
+                    const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
+                    __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M, int N, int K, int tilesN,
+                    int tilesT, int kbPerSplit, int tailRows) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WgShape<T, HALF>;
     constexpr int STAGES = Sh::STAGES;
@@ -399,12 +400,21 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
             prefetchTensorMaps(&tmW, &tmX);
+            // The last token tile when M % T != 0 (tailRows = M % T): its activations through tmXTail, whose box
+            // has only the tokens that exist. Rows past M are then left as they were in shared memory instead of
+            // zero-filled by the TMA, which costs in proportion to the rows it fills (H200, qkv 8192 x 3840, 64-row
+            // tiles: M = 96 22.4 µs, M = 128 18.0; bench/NOTES_gemm.md v26). Harmless: token j of Yᵀ = W·Xᵀ is column
+            // j, which reads only row j of the token tile, and the columns past M are never stored. The k edge
+            // (K % 128) keeps its zero fill: a weight zero times a stale Inf would be NaN.
+            const bool tail = tailRows > 0 && m0 + T > M;
+            const CUtensorMap* xMap = tail ? &tmXTail : &tmX;
+            const uint32_t xBytes = tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF;
             const int pre = min(STAGES, nkb);
             // Weights are constants: the first stages' weight tiles are requested before the previous kernel has
             // finished (PDL); the activations only after it has.
 #pragma unroll 1
             for (int i = 0; i < pre; ++i) {
-                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || ownX(i) ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * i, (TRT_GEMMA4_SOL & 32) || ownX(i) ? Sh::W_BYTES : Sh::W_BYTES + xBytes);
                 tmaLoad2d(sbase + i * Sh::STAGE, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * i);
             }
             waitForPrerequisite();
@@ -416,20 +426,20 @@ __global__ void __launch_bounds__(384, 1)
                     if (ownX(i)) mbarArrive(bar);
                     continue;
                 }
-                if (ownX(i)) mbarExpectTx(bar, 2 * Sh::X_HALF);
-                tmaLoad2d(xs, &tmX, (kb0 + i) * kKBlock, m0, bar);
-                tmaLoad2d(xs + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, bar);
+                if (ownX(i)) mbarExpectTx(bar, xBytes);
+                tmaLoad2d(xs, xMap, (kb0 + i) * kKBlock, m0, bar);
+                tmaLoad2d(xs + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, bar);
             }
 #pragma unroll 1
             for (int i = pre; i < nkb; ++i) {
                 const int s = i % STAGES;
                 mbarWait(emptyBar + 8 * s, ((i / STAGES) - 1) & 1);
                 const uint32_t st = sbase + s * Sh::STAGE;
-                mbarExpectTx(fullBar + 8 * s, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::STAGE);
+                mbarExpectTx(fullBar + 8 * s, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::W_BYTES + xBytes);
                 tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
                 if (TRT_GEMMA4_SOL & 32) continue;  // (probe 32: no activation loads, wrong results)
-                tmaLoad2d(st + Sh::W_BYTES, &tmX, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
-                tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, &tmX, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES, xMap, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
+                tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
             }
         }
         allowDependents();
@@ -1221,6 +1231,12 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
                        CU_TENSOR_MAP_SWIZZLE_128B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
+    // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
+    const int tailRows = M % T;
+    CUtensorMap tmXTail = tmX;
+    if (tailRows != 0 && !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows,
+                                        CU_TENSOR_MAP_SWIZZLE_128B))
+        return cudaErrorInvalidValue;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kbPerSplit = (kBlocks + splits - 1) / splits;
     const int tilesN = (N + Sh::ROWS - 1) / Sh::ROWS, tilesT = (M + T - 1) / T;
@@ -1230,8 +1246,8 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
         cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
     return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
-                           dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, S,
-                           static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit);
+                           dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
+                           static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
 }
 
 }  // namespace
