@@ -1112,12 +1112,12 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // 64-row tiles whose two consumer warpgroups split the k-blocks (rowGroups 2), where twice the 128-row tiles
     // still fit one wave and K is at most 64 k-blocks: each CTA widens half the weights, and the split-K that filled
     // the SMs before shrinks or goes (its cluster exchange moves half the bytes). Split until the grid fills one wave
-    // while each warpgroup keeps at least 8 k-blocks. Taken for the drafter's two small shapes at M = 33..128, where
-    // it was faster at every measured M (H200, same-call A/B, bench/NOTES_gemm.md v26, µs: 4096 x 1024 M = 40 / 64 /
-    // 128 5.1-5.2 / 5.1 / 6.1 -> 4.1-4.2 / 4.1 / 5.7; 1024 x 8192 M = 40 / 64 / 96 / 128 8.4 / 8.2 / 11.1-11.2 / 11.1
-    // -> 8.1 / 8.0 / 10.5-10.6 / 10.4-10.5). On the 12B shapes it was faster at some M and slower at others (o
-    // M = 64 / 128 10.1 / 12.8 -> 9.4 / 12.1 but M = 33 10.4 -> 11.6; qkv M = 64 14.0 -> 13.3 but M = 96 18.3 -> 22.3;
-    // down, with 120 k-blocks, slower at every M: each 64-row CTA reads the whole token tile): not taken there.
+    // while each warpgroup keeps at least 8 k-blocks. H200, same-run tunes and sweeps (bench/NOTES_gemm.md v26), µs,
+    // 128-row tiles -> 64-row tiles: qkv M = 17 / 33 / 64 / 96 / 128 12.9 / 13.9 / 14.1 / 17.9 / 18.1 -> 12.2 / 13.1 /
+    // 13.3 / 17.6 / 18.0, o M = 33 / 96 / 128 10.0 / 12.6 / 12.8 -> 9.1 / 11.9 / 12.0, o_global M = 17-48 13.6-14.7 ->
+    // 13.5-14.4 (M = 96-112 level), drafter 4096 x 1024 M = 64 / 128 5.1 / 6.1 -> 4.1 / 5.7, 1024 x 8192 M = 64 / 128
+    // 8.2 / 11.1 -> 8.0 / 10.5. Longer K (down, 120 k-blocks) loses at every M: each 64-row CTA reads the whole token
+    // tile, twice the activation traffic per weight (M = 128: 33.5 vs 31.6).
     auto tryHalf = [&](BlockFp8GemmConfig& h) {
         const long long ctasH = static_cast<long long>(ceilDiv(N, 64)) * ceilDiv(M, h.tile);
         if (kBlocks > 64 || ctasH > sms) return;
@@ -1154,10 +1154,10 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             c.splits = 1;
             while (c.splits < 8 && ctas * c.splits * 2 <= sms && kBlocks >= 8 * c.splits) c.splits *= 2;
         }
-        // Few row tiles (at most 8 of 128 rows) at M = 33..128: 64-row tiles, split until one wave.
-        if (M > 32 && tilesN * 8 * 2 <= sms) {
+        // 64-row tiles where they fit (M = 17..128; few row tiles at M = 33..128 on 64-token tiles).
+        if (M > 16) {
             BlockFp8GemmConfig h = c;
-            h.tile = 64;
+            if (M > 32 && tilesN * 8 * 2 <= sms) h.tile = 64;
             tryHalf(h);
             if (h.rowGroups == 2) return h;
         }
@@ -1226,8 +1226,10 @@ BlockFp8GemmConfig defaultConfigUnclustered(int M, int N, int K) {
         c.depth = kBlocks > 8 ? 2 : 3;
         return c;
     }
-    // M ≤ 16, and M ≤ 32 for small weights: the register-streaming kernel.
-    if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20))) {
+    // M ≤ 16, and M ≤ 32 for small weights without the wgmma kernels (on Hopper their 64-row tiles are faster there:
+    // H200 M = 17 / 32, µs, streaming -> wgmma: o 9.2 / 9.7 -> 8.9 / 9.1, drafter 4096 x 1024 4.0 / 4.2 -> 3.5 / 3.4,
+    // 1024 x 8192 7.1 / 7.4 -> 7.0 / 7.0; bench/NOTES_gemm.md v26): the register-streaming kernel.
+    if (M <= 16 || (M <= 32 && weightBytes < (16ll << 20) && !wgmmaAvailable())) {
         c.kernel = BlockFp8GemmKernel::kStream;
         c.tile = M <= 8 ? 1 : (M <= 16 ? 2 : 4);
         c.rowGroups = c.tile == 2 ? 2 : 1;  // M ≤ 16: two row groups share each activation fragment
