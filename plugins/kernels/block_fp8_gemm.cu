@@ -1154,12 +1154,18 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             c.splits = 1;
             while (c.splits < 8 && ctas * c.splits * 2 <= sms && kBlocks >= 8 * c.splits) c.splits *= 2;
         }
-        // 64-row tiles where they fit (M = 17..128; few row tiles at M = 33..128 on 64-token tiles).
+        // 64-row tiles (M = 17..128) for few row tiles (M = 33..128, on 64-token tiles), and for K of at most 32
+        // k-blocks where the token tile is at most 64 or the 128-row tiles split K 4 ways or more. Measured slower on
+        // the H100 (same-call A/B, bench/NOTES_gemm.md v26): o_global's 64 k-blocks (M = 17-32 / 96-128 2-5%), qkv's
+        // 128-token tiles, which split K only twice (M = 128 18.7 -> 19.2 µs; level on the H200).
         if (M > 16) {
             BlockFp8GemmConfig h = c;
-            if (M > 32 && tilesN * 8 * 2 <= sms) h.tile = 64;
-            tryHalf(h);
-            if (h.rowGroups == 2) return h;
+            const bool fewRows = M > 32 && tilesN * 8 * 2 <= sms;
+            if (fewRows) h.tile = 64;
+            if (fewRows || (kBlocks <= 32 && (c.tile <= 64 || c.splits >= 4))) {
+                tryHalf(h);
+                if (h.rowGroups == 2) return h;
+            }
         }
         return c;
     }
