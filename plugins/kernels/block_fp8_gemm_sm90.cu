@@ -65,7 +65,7 @@ namespace {
 // rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
 // by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
 // token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
-// and stores (bench/NOTES_gemm.md v24).
+// and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26).
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -408,7 +408,9 @@ __global__ void __launch_bounds__(384, 1)
             // (K % 128) keeps its zero fill: a weight zero times a stale Inf would be NaN.
             const bool tail = tailRows > 0 && m0 + T > M;
             const CUtensorMap* xMap = tail ? &tmXTail : &tmX;
-            const uint32_t xBytes = tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF;
+            // (probe 128: only the first 64 k of each token k-block, half the activation reads, wrong results)
+            const uint32_t xBytes =
+                (tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF) >> ((TRT_GEMMA4_SOL & 128) ? 1 : 0);
             const int pre = min(STAGES, nkb);
             // Weights are constants: the first stages' weight tiles are requested before the previous kernel has
             // finished (PDL); the activations only after it has.
@@ -428,7 +430,7 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 if (ownX(i)) mbarExpectTx(bar, xBytes);
                 tmaLoad2d(xs, xMap, (kb0 + i) * kKBlock, m0, bar);
-                tmaLoad2d(xs + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, bar);
+                if (!(TRT_GEMMA4_SOL & 128)) tmaLoad2d(xs + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, bar);
             }
 #pragma unroll 1
             for (int i = pre; i < nkb; ++i) {
@@ -439,6 +441,7 @@ __global__ void __launch_bounds__(384, 1)
                 tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
                 if (TRT_GEMMA4_SOL & 32) continue;  // (probe 32: no activation loads, wrong results)
                 tmaLoad2d(st + Sh::W_BYTES, xMap, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
+                if (TRT_GEMMA4_SOL & 128) continue;
                 tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
             }
         }
