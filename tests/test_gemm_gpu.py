@@ -288,10 +288,11 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return torch.eye(k, device="cuda", dtype=torch.bfloat16), w, s
 
 
-# The wgmma token tiles load only the tokens that exist for the last tile (rows past M keep whatever shared memory
-# held): (kernel, tile, row groups, warps, splits, depth, cluster).
+# The wgmma kernels load only the tokens that exist for the last token tile (rows past M keep whatever shared memory
+# held): token tiles, the persistent 256-token kernel and stream-K; (kernel, tile, row groups, warps, splits, depth,
+# cluster).
 TAIL_CONFIGS = [(3, 64, 1, 1, 1, 2, 0), (3, 128, 1, 1, 2, 2, 1), (3, 32, 2, 1, 1, 2, 0), (3, 128, 2, 1, 2, 2, 1)]
-TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0)]
+TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0), (3, 256, 1, 1, 1, 2, 0), (3, 256, 1, 1, 0, 2, 0), (3, 128, 1, 1, 0, 2, 0)]
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")

@@ -32,8 +32,11 @@
 // its weight fragments into the second register set, then wait for the wgmmas, release stage i, promote.
 //
 // ---- Edges -----------------------------------------------------------------------------------------------------
-// TMA zero-fills rows >= N, tokens >= M and k >= K, so partial 128-blocks need no code; the epilogue skips
-// tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all out). Split-K: CTA z takes a contiguous
+// TMA zero-fills rows >= N and k >= K, so partial 128-blocks need no code. Tokens >= M are not loaded at all: the
+// last token tile comes through a tensor map whose box holds only the tokens that exist (the TMA's zero fill costs in
+// proportion to the rows it fills), so its rows past M hold stale shared memory, which only their own (never stored)
+// output columns read. The epilogue skips tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all
+// out). Split-K: CTA z takes a contiguous
 // range of k-blocks and writes FP32 partials that the reduce pass of block_fp8_gemm.cu sums, or (config.cluster,
 // the Hopper default for 2-4 splits) the splits of a tile run as one thread-block cluster and sum their partials
 // through distributed shared memory in the same order, so the same bits, with no workspace and no second launch.
@@ -707,15 +710,17 @@ __global__ void __launch_bounds__(384, 1)
 #ifdef TRT_GEMMA4_SM90A_DEVICE
 // A persistent kernel's producer: stage number c (continuous over the CTA's tiles) gets 64-k slice k64 of the
 // weight tile at row n0 and of the token tile at token m0. PDL: the first weights are requested before the previous
-// kernel ends, the activations only after it has (`waited`).
+// kernel ends, the activations only after it has (`waited`). tmX: the token map, or for the last token tile when
+// M % T != 0 the map whose box has only the tokens that exist, xBytes its bytes per slice (the token-tile kernel's
+// producer says why: no TMA zero fill past M).
 template <int STAGES, int STAGE, int W_BYTES>
 __device__ __forceinline__ void produceStage(int c, int k64, int n0, int m0, bool& waited, uint32_t sbase,
                                              uint32_t fullBar, uint32_t emptyBar, const CUtensorMap* tmW,
-                                             const CUtensorMap* tmX) {
+                                             const CUtensorMap* tmX, uint32_t xBytes) {
     const int s = c % STAGES;
     if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
     const uint32_t st = sbase + s * STAGE;
-    mbarExpectTx(fullBar + 8 * s, STAGE);
+    mbarExpectTx(fullBar + 8 * s, W_BYTES + xBytes);
     tmaLoad2d(st, tmW, k64 * 64, n0, fullBar + 8 * s);
     if (!waited) {
         waitForPrerequisite();
@@ -852,8 +857,8 @@ using WideShape = PersistShape<256>;
 
 __global__ void __launch_bounds__(384, 1)
     wgmmaWideKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
-                    const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN,
-                    int tilesT) {
+                    const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
+                    __nv_bfloat16* __restrict__ Y, int M, int N, int K, int tilesN, int tilesT, int tailRows) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WideShape;
     constexpr int STAGES = Sh::STAGES;
@@ -880,10 +885,12 @@ __global__ void __launch_bounds__(384, 1)
             for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 int n0, m0;
                 tileOrigin(tile, n0, m0);
+                const bool tail = tailRows > 0 && m0 + Sh::T > M;
+                const uint32_t xBytes = tail ? 128u * static_cast<uint32_t>(tailRows) : Sh::STAGE - Sh::W_BYTES;
 #pragma unroll 1
                 for (int i = 0; i < kStages; ++i, ++c)
                     produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar, &tmW,
-                                                                  &tmX);
+                                                                  tail ? &tmXTail : &tmX, xBytes);
             }
         }
         allowDependents();
@@ -988,8 +995,9 @@ __device__ __forceinline__ void stRelease(int* p, int v) {
 template <int T>
 __global__ void __launch_bounds__(384, 1)
     wgmmaStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
-                          const float* __restrict__ S, __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags,
-                          float* __restrict__ skPartial, int M, int N, int K, int tilesN, int tilesT) {
+                          const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
+                          __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags, float* __restrict__ skPartial,
+                          int M, int N, int K, int tilesN, int tilesT, int tailRows) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = PersistShape<T>;
     constexpr int STAGES = Sh::STAGES;
@@ -1042,10 +1050,12 @@ __global__ void __launch_bounds__(384, 1)
                 int n0, m0;
                 tileOrigin(tile, n0, m0);
                 const int st1 = min(2 * kb1, kStages);
+                const bool tail = tailRows > 0 && m0 + T > M;
+                const uint32_t xBytes = tail ? 128u * static_cast<uint32_t>(tailRows) : Sh::STAGE - Sh::W_BYTES;
 #pragma unroll 1
                 for (int i = 2 * kb0; i < st1; ++i, ++c)
                     produceStage<STAGES, Sh::STAGE, Sh::W_BYTES>(c, i, n0, m0, waited, sbase, fullBar, emptyBar, &tmW,
-                                                                  &tmX);
+                                                                  tail ? &tmXTail : &tmX, xBytes);
             }
         }
         allowDependents();
@@ -1176,10 +1186,13 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
 
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
                        cudaStream_t stream) {
-    CUtensorMap tmW, tmX;
+    CUtensorMap tmW, tmX, tmXTail;
+    const int tailRows = M % WideShape::T;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
-                       CU_TENSOR_MAP_SWIZZLE_128B))
+                       CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64,
+                       tailRows > 0 ? tailRows : WideShape::T, CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
@@ -1188,8 +1201,8 @@ cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y,
     const cudaError_t err =
         cudaFuncSetAttribute(wgmmaWideKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WideShape::SMEM);
     if (err != cudaSuccess) return err;
-    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, S,
-                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT);
+    return launch(wgmmaWideKernel, dim3(grid), 384, WideShape::SMEM, stream, tmW, tmX, tmXTail, S,
+                  static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT, tailRows);
 }
 
 // The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes.
@@ -1197,9 +1210,12 @@ template <int T>
 cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem, int M,
                           int N, int K, cudaStream_t stream) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
-    CUtensorMap tmW, tmX;
+    CUtensorMap tmW, tmX, tmXTail;
+    const int tailRows = M % T;
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
+        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows > 0 ? tailRows : T,
+                       CU_TENSOR_MAP_SWIZZLE_128B))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
@@ -1222,7 +1238,7 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                                PersistShape<T>::SMEM);
     if (err != cudaSuccess) return err;
     return launchEx(own && usePdl(), wgmmaStreamKKernel<T>, dim3(grid), 384, PersistShape<T>::SMEM, stream, tmW, tmX,
-                    S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT);
+                    tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
 template <int T, bool HALF>
