@@ -354,9 +354,11 @@ __device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emp
     __syncthreads();
 }
 
-__device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const CUtensorMap* b) {
+__device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const CUtensorMap* b,
+                                                   const CUtensorMap* c = nullptr) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(a)) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(b)) : "memory");
+    if (c != nullptr) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(c)) : "memory");
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
@@ -402,7 +404,6 @@ __global__ void __launch_bounds__(384, 1)
         // ---- producer ----
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            prefetchTensorMaps(&tmW, &tmX);
             // The last token tile when M % T != 0 (tailRows = M % T): its activations through tmXTail, whose box
             // has only the tokens that exist. Rows past M are then left as they were in shared memory instead of
             // zero-filled by the TMA, which costs in proportion to the rows it fills (H200, qkv 8192 x 3840, 64-row
@@ -411,6 +412,7 @@ __global__ void __launch_bounds__(384, 1)
             // (K % 128) keeps its zero fill: a weight zero times a stale Inf would be NaN.
             const bool tail = tailRows > 0 && m0 + T > M;
             const CUtensorMap* xMap = tail ? &tmXTail : &tmX;
+            prefetchTensorMaps(&tmW, xMap);
             // (probe 128: only the first 64 k of each token k-block, half the activation reads, wrong results)
             const uint32_t xBytes =
                 (tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF) >> ((TRT_GEMMA4_SOL & 128) ? 1 : 0);
@@ -878,7 +880,7 @@ __global__ void __launch_bounds__(384, 1)
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            prefetchTensorMaps(&tmW, &tmX);
+            prefetchTensorMaps(&tmW, &tmX, tailRows > 0 ? &tmXTail : nullptr);
             int c = 0;  // stage counter, continuous across tiles
             bool waited = false;
 #pragma unroll 1
@@ -1041,7 +1043,7 @@ __global__ void __launch_bounds__(384, 1)
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) {
-            prefetchTensorMaps(&tmW, &tmX);
+            prefetchTensorMaps(&tmW, &tmX, tailRows > 0 ? &tmXTail : nullptr);
             int c = 0;  // stage counter, continuous across segments
             bool waited = false;
             int tile, kb0, kb1;
