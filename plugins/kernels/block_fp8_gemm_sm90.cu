@@ -1186,10 +1186,16 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// The persistent kernels take the tail map only where at most half the last token tile exists: H200, same-call A/B
+// (bench/NOTES_gemm.md v26), µs, zero fill -> tail map: qkv M = 257 / 300 68.2-68.5 / 56.3-57.6 -> 49.0-57.7 /
+// 48.1-52.9, qkv_global 96.3-99.9 / 78.6-79.7 -> 64.2-72.0 / 63.8-66.5, but qkv_global M = 900 (132 of 256 tokens)
+// 117-128 -> 130-136; with most of the tile there the zero fill is small anyway. 0 = the full map for every tile.
+int persistentTailRows(int M, int T) { return M % T <= T / 2 ? M % T : 0; }
+
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
                        cudaStream_t stream) {
     CUtensorMap tmW, tmX, tmXTail;
-    const int tailRows = M % WideShape::T;
+    const int tailRows = persistentTailRows(M, WideShape::T);
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
                        CU_TENSOR_MAP_SWIZZLE_128B) ||
@@ -1213,7 +1219,7 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                           int N, int K, cudaStream_t stream) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
     CUtensorMap tmW, tmX, tmXTail;
-    const int tailRows = M % T;
+    const int tailRows = persistentTailRows(M, T);
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
         !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B) ||
         !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows > 0 ? tailRows : T,
