@@ -18,9 +18,9 @@
 // while the previous kernel in the stream drains, and touches activations/outputs only after griddepcontrol.wait.
 // streamKernel lets its own dependents launch from its start (their CTAs take the SM slots its CTAs leave).
 //
-// On sm_90a the dispatch (blockFp8WoGemmDefaultConfig) sends M > 16 (M > 32 for weights under 16 MB) to the TMA +
-// wgmma kernels of block_fp8_gemm_sm90.cu; these mma.sync kernels serve small M there and everything on the other
-// architectures (where callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512).
+// On sm_90a the dispatch (blockFp8WoGemmDefaultConfig) sends M > 16 to the TMA + wgmma kernels of
+// block_fp8_gemm_sm90.cu; these mma.sync kernels serve small M there (and M <= 32 for weights under 16 MB elsewhere)
+// and everything on the other architectures (where callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512).
 //
 // ---- The K permutation that makes 16-byte weight loads line up with the mma fragment -------------------------
 // The m16n8k16 A fragment wants, for thread (g = lane/4, t = lane%4), the elements of rows g and g+8 at logical
@@ -1114,10 +1114,10 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // the SMs before shrinks or goes (its cluster exchange moves half the bytes). Split until the grid fills one wave
     // while each warpgroup keeps at least 8 k-blocks. H200, same-run tunes and sweeps (bench/NOTES_gemm.md v26), µs,
     // 128-row tiles -> 64-row tiles: qkv M = 17 / 33 / 64 / 96 / 128 12.9 / 13.9 / 14.1 / 17.9 / 18.1 -> 12.2 / 13.1 /
-    // 13.3 / 17.6 / 18.0, o M = 33 / 96 / 128 10.0 / 12.6 / 12.8 -> 9.1 / 11.9 / 12.0, o_global M = 17-48 13.6-14.7 ->
-    // 13.5-14.4 (M = 96-112 level), drafter 4096 x 1024 M = 64 / 128 5.1 / 6.1 -> 4.1 / 5.7, 1024 x 8192 M = 64 / 128
-    // 8.2 / 11.1 -> 8.0 / 10.5. Longer K (down, 120 k-blocks) loses at every M: each 64-row CTA reads the whole token
-    // tile, twice the activation traffic per weight (M = 128: 33.5 vs 31.6).
+    // 13.3 / 17.6 / 18.0, o M = 33 / 96 / 128 10.0 / 12.6 / 12.8 -> 9.1 / 11.9 / 12.0, drafter 4096 x 1024 M = 64 / 128
+    // 5.1 / 6.1 -> 4.1 / 5.7, 1024 x 8192 M = 64 / 128 8.2 / 11.1 -> 8.0 / 10.5. Longer K loses (down's 120 k-blocks at
+    // every M, o_global's 64 on the H100, below): each 64-row CTA reads the whole token tile, twice the activation
+    // traffic per weight (down M = 128: 33.5 vs 31.6).
     auto tryHalf = [&](BlockFp8GemmConfig& h) {
         const long long ctasH = static_cast<long long>(ceilDiv(N, 64)) * ceilDiv(M, h.tile);
         if (kBlocks > 64 || ctasH > sms) return;

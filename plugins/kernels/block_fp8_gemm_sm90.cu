@@ -9,11 +9,14 @@
 // CTA = 3 warpgroups, one CTA per SM:
 //   warpgroup 0   producer: one thread issues the bulk tensor copies (TMA) of each k-block's tiles into a ring of
 //                 STAGES shared-memory stages; the other 127 threads only give their registers away (setmaxnreg).
-//   warpgroups 1,2 consumers: 64 weight rows each (128 per CTA, inside one 128-row scale block), all T tokens.
-// A stage holds one 128-wide k-block = one scale per consumer: the weight tile [128 rows][128 B] FP8 and the token
-// tile as two [T rows][64 bf16] halves, all three with the 128-byte swizzle (16-byte chunk c of 128-byte row r
+//   warpgroups 1,2 consumers: 64 weight rows each (128 per CTA, inside one 128-row scale block), all T tokens;
+//                 or (the token-tile kernel's HALF form, config.rowGroups 2) the same 64 rows, taking alternate
+//                 k-blocks, their two sums added in shared memory at the end.
+// A stage holds one 128-wide k-block = one scale per consumer: the weight tile [128 (64) rows][128 B] FP8 and the
+// token tile as two [T rows][64 bf16] halves, all three with the 128-byte swizzle (16-byte chunk c of 128-byte row r
 // stored at chunk c ^ (r & 7)), which the wgmma descriptor understands for B and which makes the weight reads
-// below conflict-free. Barriers: full[s] (TMA transaction bytes), empty[s] (8 consumer warps release the stage).
+// below conflict-free. Barriers: full[s] (TMA transaction bytes), empty[s] (the 8 (HALF: 4) consumer warps of the
+// stage release it).
 //
 // ---- Weight fragments: shared memory -> registers, FP8 -> BF16 ------------------------------------------------
 // The register A fragment of wgmma m64nNk16 is mma.sync's m16n8k16 A fragment per warp (rows 16w..16w+15 of the
