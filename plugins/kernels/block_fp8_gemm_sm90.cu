@@ -1190,9 +1190,9 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
 }
 
 // The persistent kernels take the tail map only where at most half the last token tile exists: H200, same-call A/B
-// (bench/NOTES_gemm.md v26), µs, zero fill -> tail map: qkv M = 257 / 300 68.2-68.5 / 56.3-57.6 -> 49.0-57.7 /
-// 48.1-52.9, qkv_global 96.3-99.9 / 78.6-79.7 -> 64.2-72.0 / 63.8-66.5, but qkv_global M = 900 (132 of 256 tokens)
-// 117-128 -> 130-136; with most of the tile there the zero fill is small anyway. 0 = the full map for every tile.
+// (bench/NOTES_gemm.md v26), µs, zero fill -> tail map: qkv M = 257 / 300 68.3 / 56.8-58.8 -> 45.8-45.9 / 49.6-56.4,
+// qkv_global 97.1-99.2 / 79.5-83.0 -> 61.5-62.3 / 65.6-66.5; qkv_global M = 900 (132 of 256 tokens) measured
+// 117-128 -> 130-136 once. With most of the tile there the zero fill is small anyway. 0 = the full map for every tile.
 int persistentTailRows(int M, int T) { return M % T <= T / 2 ? M % T : 0; }
 
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
