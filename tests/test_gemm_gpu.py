@@ -304,7 +304,7 @@ def test_wgmma_rows_past_m_stay_out(config: tuple[int, ...]) -> None:
     x, w, s = random_problem(2 * tile, n, k, gen)
     run = torch.ops.trt_gemma4.block_fp8_gemm_config
     ws = torch.full_like(x, float("inf"))
-    for m in (1, tile // 2 + 1, 2 * tile - 1):
+    for m in (1, tile // 2 + 1, tile + 1, 2 * tile - 1):  # tile + 1: a one-token last tile after a full one
         run(ws, w, s, *config[:5], depth=config[5], cluster=bool(config[6]))
         y = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
         run(x[:m], w, s, *config[:5], depth=config[5], out=y, cluster=bool(config[6]))
