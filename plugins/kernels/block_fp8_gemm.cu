@@ -19,8 +19,8 @@
 // streamKernel lets its own dependents launch from its start (their CTAs take the SM slots its CTAs leave).
 //
 // On sm_90a the dispatch (blockFp8WoGemmDefaultConfig) sends M > 16 to the TMA + wgmma kernels of
-// block_fp8_gemm_sm90.cu; these mma.sync kernels serve small M there (and M <= 32 for weights under 16 MB elsewhere)
-// and everything on the other architectures (where callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512).
+// block_fp8_gemm_sm90.cu; these mma.sync kernels serve M <= 16 there and everything on the other architectures (where
+// callers with their own BF16 GEMM switch to blockFp8DequantizeSplit from M = 512).
 //
 // ---- The K permutation that makes 16-byte weight loads line up with the mma fragment -------------------------
 // The m16n8k16 A fragment wants, for thread (g = lane/4, t = lane%4), the elements of rows g and g+8 at logical
@@ -1118,12 +1118,14 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     // 5.1 / 6.1 -> 4.1 / 5.7, 1024 x 8192 M = 64 / 128 8.2 / 11.1 -> 8.0 / 10.5. Longer K loses (down's 120 k-blocks at
     // every M, o_global's 64 on the H100, below): each 64-row CTA reads the whole token tile, twice the activation
     // traffic per weight (down M = 128: 33.5 vs 31.6).
+    // Returns whether they apply; h (the 128-row configuration with its token tile) then holds them.
     auto tryHalf = [&](BlockFp8GemmConfig& h) {
         const long long ctasH = static_cast<long long>(ceilDiv(N, 64)) * ceilDiv(M, h.tile);
-        if (kBlocks > 64 || ctasH > sms) return;
+        if (kBlocks > 64 || ctasH > sms) return false;
         h.rowGroups = 2;
         h.splits = 1;
         while (h.splits < 8 && ctasH * h.splits * 2 <= sms && kBlocks >= 32 * h.splits) h.splits *= 2;
+        return true;
     };
     // Short K (at most 8 k-blocks: the drafter's 4096 x 1024) up to M = 256, where 64-token tiles still fit one wave:
     // no split-K (a split of 2-4 k-blocks costs more than it spreads; H200, 4096 x 1024: M = 128 7.0 vs 9.6 µs for
@@ -1139,8 +1141,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         // tokens on 64-row tiles, same-run tunes)
         BlockFp8GemmConfig h = c;
         h.tile = 64;
-        tryHalf(h);
-        return h.rowGroups == 2 ? h : c;
+        return tryHalf(h) ? h : c;
     }
     if (M <= 128) {
         c.tile = M <= 16 ? 16 : (M <= 32 ? 32 : (M <= 64 ? 64 : 128));
@@ -1162,10 +1163,7 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             BlockFp8GemmConfig h = c;
             const bool fewRows = M > 32 && tilesN * 8 * 2 <= sms;
             if (fewRows) h.tile = 64;
-            if (fewRows || (kBlocks <= 32 && (c.tile <= 64 || c.splits >= 4))) {
-                tryHalf(h);
-                if (h.rowGroups == 2) return h;
-            }
+            if ((fewRows || (kBlocks <= 32 && (c.tile <= 64 || c.splits >= 4))) && tryHalf(h)) return h;
         }
         return c;
     }

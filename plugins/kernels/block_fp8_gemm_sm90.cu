@@ -35,14 +35,14 @@
 // its weight fragments into the second register set, then wait for the wgmmas, release stage i, promote.
 //
 // ---- Edges -----------------------------------------------------------------------------------------------------
-// TMA zero-fills rows >= N and k >= K, so partial 128-blocks need no code. Tokens >= M are not loaded at all: the
-// last token tile comes through a tensor map whose box holds only the tokens that exist (the TMA's zero fill costs in
+// TMA zero-fills rows >= N and k >= K, so partial 128-blocks need no code. Tokens >= M are not loaded at all: the last
+// token tile comes through a tensor map whose box holds only the tokens that exist (the TMA's zero fill costs in
 // proportion to the rows it fills), so its rows past M hold stale shared memory, which only their own (never stored)
-// output columns read. The epilogue skips tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all
-// out). Split-K: CTA z takes a contiguous
-// range of k-blocks and writes FP32 partials that the reduce pass of block_fp8_gemm.cu sums, or (config.cluster,
-// the Hopper default for 2-4 splits) the splits of a tile run as one thread-block cluster and sum their partials
-// through distributed shared memory in the same order, so the same bits, with no workspace and no second launch.
+// output columns read. The epilogue skips tokens >= M and rows >= N (N % 16 == 0: an 8-row store is all in or all out).
+// Split-K: CTA z takes a contiguous range of k-blocks and writes FP32 partials that the reduce pass of
+// block_fp8_gemm.cu sums, or (config.cluster, the Hopper default for 2-4 splits) the splits of a tile run as one
+// thread-block cluster and sum their partials through distributed shared memory in the same order, so the same bits,
+// with no workspace and no second launch.
 //
 // The kernel body exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL); any other device compile
 // traps. The host side (wgmmaAvailable) launches only on an sm_90 device whose loaded image was compiled from
@@ -1195,15 +1195,22 @@ bool makeTensorMap(CUtensorMap* map, CUtensorMapDataType type, const void* base,
 // 117-128 -> 130-136 once. With most of the tile there the zero fill is small anyway. 0 = the full map for every tile.
 int persistentTailRows(int M, int T) { return M % T <= T / 2 ? M % T : 0; }
 
+// The token maps of X [M][K] with T-token boxes (64 k wide, 128-byte swizzle): tmX for whole tiles and tmXTail for
+// the last one, whose box has only its tailRows tokens (0: no tail map, tmXTail = tmX, never used).
+bool makeTokenMaps(CUtensorMap* tmX, CUtensorMap* tmXTail, const void* X, int M, int K, int T, int tailRows) {
+    if (!makeTensorMap(tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
+        return false;
+    *tmXTail = *tmX;
+    return tailRows == 0 || makeTensorMap(tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows,
+                                          CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
 cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y, int M, int N, int K,
                        cudaStream_t stream) {
     CUtensorMap tmW, tmX, tmXTail;
     const int tailRows = persistentTailRows(M, WideShape::T);
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, WideShape::T,
-                       CU_TENSOR_MAP_SWIZZLE_128B) ||
-        !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64,
-                       tailRows > 0 ? tailRows : WideShape::T, CU_TENSOR_MAP_SWIZZLE_128B))
+        !makeTokenMaps(&tmX, &tmXTail, X, M, K, WideShape::T, tailRows))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + WideShape::T - 1) / WideShape::T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
@@ -1224,9 +1231,7 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
     CUtensorMap tmW, tmX, tmXTail;
     const int tailRows = persistentTailRows(M, T);
     if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, 64, kRows, CU_TENSOR_MAP_SWIZZLE_64B) ||
-        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B) ||
-        !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows > 0 ? tailRows : T,
-                       CU_TENSOR_MAP_SWIZZLE_128B))
+        !makeTokenMaps(&tmX, &tmXTail, X, M, K, T, tailRows))
         return cudaErrorInvalidValue;
     const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
     const long long tiles = static_cast<long long>(tilesN) * tilesT;
@@ -1256,16 +1261,12 @@ template <int T, bool HALF>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
     using Sh = WgShape<T, HALF>;
-    CUtensorMap tmW, tmX;
-    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, Sh::ROWS,
-                       CU_TENSOR_MAP_SWIZZLE_128B) ||
-        !makeTensorMap(&tmX, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, T, CU_TENSOR_MAP_SWIZZLE_128B))
-        return cudaErrorInvalidValue;
     // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
     const int tailRows = M % T;
-    CUtensorMap tmXTail = tmX;
-    if (tailRows != 0 && !makeTensorMap(&tmXTail, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, X, K, M, 2ull * K, 64, tailRows,
-                                        CU_TENSOR_MAP_SWIZZLE_128B))
+    CUtensorMap tmW, tmX, tmXTail;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, Sh::ROWS,
+                       CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTokenMaps(&tmX, &tmXTail, X, M, K, T, tailRows))
         return cudaErrorInvalidValue;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const int kbPerSplit = (kBlocks + splits - 1) / splits;
@@ -1278,6 +1279,19 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
                            dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
+}
+
+// The token-tile kernel for token tile `tokTile` (16..128).
+template <bool HALF>
+cudaError_t launchTokTileFor(int tokTile, const void* X, const uint8_t* W, const float* S, void* Y, float* partial,
+                             int M, int N, int K, int splits, bool cluster, cudaStream_t stream) {
+    switch (tokTile) {
+        case 16: return launchTokTile<16, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 32: return launchTokTile<32, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 64: return launchTokTile<64, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 128: return launchTokTile<128, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        default: return cudaErrorInvalidValue;
+    }
 }
 
 }  // namespace
@@ -1315,25 +1329,13 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     }
     if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
     if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
-    if (half) {  // 64-row tiles, the two consumer warpgroups splitting the k-blocks: token tiles 16..128 only
-        switch (tokTile) {
-            case 16: return launchTokTile<16, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 32: return launchTokTile<32, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 64: return launchTokTile<64, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 128: return launchTokTile<128, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            default: return cudaErrorInvalidValue;
-        }
+    if (tokTile == 256) {  // the persistent kernel, 128-row tiles only
+        if (splits != 1 || half) return cudaErrorInvalidValue;
+        return launchWide(X, W, S, Y, M, N, K, stream);
     }
-    switch (tokTile) {
-        case 16: return launchTokTile<16, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 32: return launchTokTile<32, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 64: return launchTokTile<64, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 128: return launchTokTile<128, false>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 256:
-            if (splits != 1) return cudaErrorInvalidValue;
-            return launchWide(X, W, S, Y, M, N, K, stream);
-        default: return cudaErrorInvalidValue;
-    }
+    // half: 64-row tiles, the two consumer warpgroups splitting the k-blocks
+    return half ? launchTokTileFor<true>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream)
+                : launchTokTileFor<false>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream);
 }
 
 }  // namespace detail
