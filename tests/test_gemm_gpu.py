@@ -102,7 +102,6 @@ CONFIGS = (
 WGMMA_STREAM_K = [(3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
 WGMMA_CONFIGS = (
     [(3, tile, rg, 1, sp, 2) for tile in (16, 32, 64, 128) for rg in (1, 2) for sp in (1, 2, 5)]
-    + [(3, tile, rg, 2, sp, 2) for tile in (16, 32) for rg in (1, 2) for sp in (1, 2, 5)]
     + [(3, 256, 1, 1, 1, 2)]
     + WGMMA_STREAM_K
 )
@@ -250,7 +249,6 @@ def test_wgmma_stream_k_is_deterministic(config: tuple[int, ...], n: int, k: int
 # with no k-blocks; 3 and 5: shares of the tile that are not powers of two).
 CLUSTER_CONFIGS = [(3, t, 1, 1, sp, 2) for t, sp in ((16, 2), (32, 8), (64, 5), (64, 3), (128, 2), (128, 4), (128, 8))]
 CLUSTER_CONFIGS += [(3, t, 2, 1, sp, 2) for t, sp in ((16, 8), (64, 2), (64, 3), (128, 2), (128, 4))]  # 64-row tiles
-CLUSTER_CONFIGS += [(3, 16, 2, 2, 2, 2), (3, 32, 2, 2, 3, 2), (3, 16, 1, 2, 8, 2), (3, 32, 1, 2, 4, 2)]
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel (and its cluster split-K) is sm_90a only")
@@ -295,7 +293,6 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
 # cluster).
 TAIL_CONFIGS = [(3, 64, 1, 1, 1, 2, 0), (3, 128, 1, 1, 2, 2, 1), (3, 32, 2, 1, 1, 2, 0), (3, 128, 2, 1, 2, 2, 1)]
 TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0), (3, 256, 1, 1, 1, 2, 0), (3, 256, 1, 1, 0, 2, 0), (3, 128, 1, 1, 0, 2, 0)]
-TAIL_CONFIGS += [(3, 16, 2, 2, 1, 2, 0), (3, 32, 1, 2, 2, 2, 1), (3, 32, 2, 2, 2, 2, 1)]
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")

@@ -83,16 +83,13 @@ constexpr int kKBlock = 128;   // k per stage = one scale block
 // consumer warpgroups take alternate k-blocks of those rows (an intra-CTA split-K, summed in shared memory at the
 // end), so each warpgroup widens half the weight tiles of a 128-row CTA: twice the CTAs for the same grid of
 // weights, each with half the conversion and half the wgmma work per k-block range.
-template <int T, bool HALF = false, bool DUAL = false>
+template <int T, bool HALF = false>
 struct WgShape {
     static constexpr int ROWS = HALF ? 64 : kRows;     // weight rows per CTA
     static constexpr int W_BYTES = ROWS * kKBlock;     // 16 KB (8 KB) FP8
     static constexpr int X_HALF = T * 128;             // [T][64] bf16
     static constexpr int STAGE = W_BYTES + 2 * X_HALF; // a multiple of 1024: every tile stays 1024-aligned
-    // DUAL (two CTAs per SM): 288 threads (the producer a single warp, no register reallocation) and a 96 KB ring.
-    static constexpr int THREADS = DUAL ? 288 : 384;
-    static constexpr int STAGES = DUAL ? (96 * 1024) / STAGE
-                                : HALF ? (T <= 16 ? 16 : (T <= 32 ? 12 : (T <= 64 ? 8 : 5)))
+    static constexpr int STAGES = HALF ? (T <= 16 ? 16 : (T <= 32 ? 12 : (T <= 64 ? 8 : 5)))
                                        : (T <= 16 ? 10 : (T <= 32 ? 8 : (T <= 64 ? 6 : 4)));
     static constexpr int X_BARS = HALF ? 2 : 1;        // first-round stages whose activations have their own barrier
     static constexpr int BARS = STAGES * STAGE;        // barrier area offset
@@ -108,7 +105,6 @@ struct WgShape {
     static_assert(!HALF || (T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
                             COMB + T * 256 <= STAGES * STAGE), "the warpgroups' sum area must fit in the ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
-    static_assert(!DUAL || (SMEM <= 113 * 1024 && STAGES >= 2), "two CTAs per SM must fit");
 };
 
 #ifdef TRT_GEMMA4_SM90A_DEVICE
@@ -369,14 +365,14 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-template <int T, bool HALF, bool DUAL = false>
-__global__ void __launch_bounds__(DUAL ? 288 : 384, DUAL ? 2 : 1)
+template <int T, bool HALF>
+__global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
                     __nv_bfloat16* __restrict__ Y, float* __restrict__ partial, int M, int N, int K, int tilesN,
                     int tilesT, int kbPerSplit, int tailRows) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
-    using Sh = WgShape<T, HALF, DUAL>;
+    using Sh = WgShape<T, HALF>;
     constexpr int STAGES = Sh::STAGES;
     constexpr int ROWS = Sh::ROWS;
     // k-blocks between one warpgroup's consecutive steps: HALF, warpgroup cw takes k-blocks cw, cw + 2, ...
@@ -406,12 +402,11 @@ __global__ void __launch_bounds__(DUAL ? 288 : 384, DUAL ? 2 : 1)
     const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
 
-    // DUAL: threads 0..255 are the consumer warpgroups, warp 8 the producer.
-    const int wg = DUAL ? (threadIdx.x >= 256 ? 0 : 1 + (threadIdx.x >> 7)) : threadIdx.x >> 7;
+    const int wg = threadIdx.x >> 7;
     if (wg == 0) {
         // ---- producer ----
-        if constexpr (!DUAL) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (threadIdx.x == (DUAL ? 256 : 0)) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
             // The last token tile when M % T != 0 (tailRows = M % T): its activations through tmXTail, whose box
             // has only the tokens that exist. Rows past M are then left as they were in shared memory instead of
             // zero-filled by the TMA, which costs in proportion to the rows it fills (H200, qkv 8192 x 3840, 64-row
@@ -463,7 +458,7 @@ __global__ void __launch_bounds__(DUAL ? 288 : 384, DUAL ? 2 : 1)
             // Parked on a CTA barrier until the consumers reach the epilogue rather than in barrier.cluster.wait
             // through the main loop (measured the same either way: the 1.7x slowdown of the first cluster form was
             // its epilogue's stores, bench/NOTES_gemm.md v23).
-            namedBarrier(kProducerPark, Sh::THREADS);
+            namedBarrier(kProducerPark, 384);
             clusterSync();
             clusterSyncRelaxed();
         }
@@ -471,7 +466,7 @@ __global__ void __launch_bounds__(DUAL ? 288 : 384, DUAL ? 2 : 1)
     }
 
     // ---- consumers ----
-    if constexpr (!DUAL) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int cw = wg - 1;  // consumer warpgroup: weight rows 64 cw .. 64 cw + 63 of the tile (HALF: rows 0..63)
     const int tid = threadIdx.x & 127;
     const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -598,7 +593,7 @@ __global__ void __launch_bounds__(DUAL ? 288 : 384, DUAL ? 2 : 1)
         // features, 256 contiguous bytes of Y. (Storing single 2-byte values from the accumulator layout instead,
         // 32 tokens per warp store, made the kernel 1.7x slower than the reduce pass: bench/NOTES_gemm.md v23.)
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
-        namedBarrierArrive(kProducerPark, Sh::THREADS);  // release the parked producer into the cluster barriers
+        namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
         float* tile = reinterpret_cast<float*>(smem);
         const int f = 64 * cw + feat;
         if (!HALF || cw == 0) {
@@ -1262,10 +1257,10 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
-template <int T, bool HALF, bool DUAL = false>
+template <int T, bool HALF>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
-    using Sh = WgShape<T, HALF, DUAL>;
+    using Sh = WgShape<T, HALF>;
     // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
     const int tailRows = M % T;
     CUtensorMap tmW, tmX, tmXTail;
@@ -1278,28 +1273,18 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const int tilesN = (N + Sh::ROWS - 1) / Sh::ROWS, tilesT = (M + T - 1) / T;
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
-    cudaError_t err =
-        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF, DUAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
-    if (err == cudaSuccess && DUAL)  // all of shared memory, so that two CTAs fit
-        err = cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF, DUAL>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                   cudaSharedmemCarveoutMaxShared);
+    const cudaError_t err =
+        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF, DUAL>,
-                           dim3(static_cast<unsigned>(ctas), splits), Sh::THREADS, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
+                           dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
 }
 
 // The token-tile kernel for token tile `tokTile` (16..128).
 template <bool HALF>
 cudaError_t launchTokTileFor(int tokTile, const void* X, const uint8_t* W, const float* S, void* Y, float* partial,
-                             int M, int N, int K, int splits, bool cluster, bool dual, cudaStream_t stream) {
-    if (dual) {
-        switch (tokTile) {
-            case 16: return launchTokTile<16, HALF, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 32: return launchTokTile<32, HALF, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            default: return cudaErrorInvalidValue;
-        }
-    }
+                             int M, int N, int K, int splits, bool cluster, cudaStream_t stream) {
     switch (tokTile) {
         case 16: return launchTokTile<16, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 32: return launchTokTile<32, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
@@ -1334,8 +1319,7 @@ bool wgmmaAvailable() {
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, bool cluster, bool half, bool dual,
-                            cudaStream_t stream) {
+                            int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
         if (partial == nullptr) return cudaErrorInvalidValue;
@@ -1346,12 +1330,12 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
     if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
     if (tokTile == 256) {  // the persistent kernel, 128-row tiles only
-        if (splits != 1 || half || dual) return cudaErrorInvalidValue;
+        if (splits != 1 || half) return cudaErrorInvalidValue;
         return launchWide(X, W, S, Y, M, N, K, stream);
     }
     // half: 64-row tiles, the two consumer warpgroups splitting the k-blocks
-    return half ? launchTokTileFor<true>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, dual, stream)
-                : launchTokTileFor<false>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, dual, stream);
+    return half ? launchTokTileFor<true>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream)
+                : launchTokTileFor<false>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream);
 }
 
 }  // namespace detail
