@@ -129,7 +129,7 @@ __device__ __forceinline__ void tmaLoad2dMc(uint32_t dst, const CUtensorMap* map
 }
 // Arrive on the mbarrier at shared::cluster address `bar` (another CTA's, from clusterMapShared).
 __device__ __forceinline__ void mbarArriveCluster(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");  // CUTLASS ClusterBarrier::arrive form
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 __device__ __forceinline__ uint32_t clusterRank() {
     uint32_t r;
@@ -426,9 +426,7 @@ __global__ void __launch_bounds__(384, 1)
     [[maybe_unused]] uint32_t rank = 0;
     if constexpr (MC) {
         rank = clusterRank();
-        // Both CTAs' barriers exist before either multicasts into the other (their init is published by
-        // fence.mbarrier_init.release.cluster in initStageBarriers, so the cluster barrier itself can be relaxed).
-        clusterSyncRelaxed();
+        clusterSync();  // both CTAs' barriers exist before either multicasts into the other
     }
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
     const bool clustered = partial == nullptr && gridDim.y > 1;
