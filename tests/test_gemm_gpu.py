@@ -191,28 +191,6 @@ def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
     check_config(config, n, k, m, "wgmma config")
 
 
-# Row-tile pairs sharing the token tile by TMA multicast (warps 2): token tiles 32-128, both row groupings, split-K
-# incl. splits with no k-blocks; the same sums as without, so the same bits.
-MC_CONFIGS = [(3, t, rg, 2, sp, 2) for t in (32, 64, 128) for rg in (1, 2) for sp in (1, 2, 5)]
-
-
-@pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
-@pytest.mark.parametrize("config", MC_CONFIGS, ids=lambda c: "k{}t{}r{}w{}s{}d{}".format(*c))
-@pytest.mark.parametrize(
-    ("n", "k", "m"),
-    [(768, 1040, 45), (1024, 2064, 200), (8704, 3840, 1), (3840, 4096, 300), (4096, 1024, 128), (1024, 8192, 97)],
-    ids=str,
-)
-def test_wgmma_multicast_matches_fp64(config: tuple[int, ...], n: int, k: int, m: int) -> None:
-    check_config(config, n, k, m, "wgmma multicast")
-    gen = torch.Generator(device="cuda").manual_seed(7)
-    x, w, s = random_problem(m, n, k, gen)
-    run = torch.ops.trt_gemma4.block_fp8_gemm_config
-    a = run(x, w, s, *config[:5], depth=config[5])
-    b = run(x, w, s, config[0], config[1], config[2], 1, config[4], depth=config[5])
-    assert torch.equal(a, b), f"multicast {config} M={m} N={n} K={k}: differs from the plain launch"
-
-
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
 @pytest.mark.parametrize(("tile", "splits"), [(16, 1), (128, 1), (256, 1), (128, 0), (256, 0)])
 def test_wgmma_zero_scale_blocks(tile: int, splits: int) -> None:
@@ -315,7 +293,6 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
 # cluster).
 TAIL_CONFIGS = [(3, 64, 1, 1, 1, 2, 0), (3, 128, 1, 1, 2, 2, 1), (3, 32, 2, 1, 1, 2, 0), (3, 128, 2, 1, 2, 2, 1)]
 TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0), (3, 256, 1, 1, 1, 2, 0), (3, 256, 1, 1, 0, 2, 0), (3, 128, 1, 1, 0, 2, 0)]
-TAIL_CONFIGS += [(3, 32, 2, 2, 1, 2, 0), (3, 64, 2, 2, 2, 2, 0), (3, 128, 1, 2, 1, 2, 0)]  # multicast pairs
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")

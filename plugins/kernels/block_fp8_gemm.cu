@@ -1458,10 +1458,8 @@ cudaError_t blockFp8WoGemmWithConfig(const __nv_bfloat16* X, const __nv_fp8_e4m3
         const bool half = config.rowGroups == 2;
         if ((config.rowGroups != 1 && !half) || (half && (config.tile > 128 || config.splits < 1)))
             return cudaErrorInvalidValue;
-        // warps 2 (experiment): row-tile pairs share the token tile by TMA multicast (token tiles 32-128)
-        if (config.warps != 1 && config.warps != 2) return cudaErrorInvalidValue;
         err = launchWgmmaGemm(X, W, S, Y, partial, config.splits == 0 ? semaphores : nullptr, M, N, K, config.tile,
-                              config.splits, cluster, half, config.warps == 2, stream);
+                              config.splits, cluster, half, stream);
     } else {
         return cudaErrorInvalidValue;
     }

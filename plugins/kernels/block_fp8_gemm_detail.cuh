@@ -250,8 +250,7 @@ bool wgmmaAvailable();
 // false.
 size_t wgmmaStreamKWorkspace(int tokTile);  // bytes for the current device's SM count
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, bool cluster, bool half, bool mc,
-                            cudaStream_t stream);
+                            int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace trt_gemma4

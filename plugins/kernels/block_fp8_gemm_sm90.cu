@@ -117,26 +117,6 @@ __device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, 
         : "memory");
 }
 
-// The same, multicast: the box lands at the same offset in the shared memory of every CTA of `mask` (cluster ranks)
-// and completes the transaction bytes of the barrier at `bar`'s offset in each of them.
-__device__ __forceinline__ void tmaLoad2dMc(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
-                                            uint16_t mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1, {%2, %3}], [%4], %5;"
-        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-        : "memory");
-}
-// Arrive on the mbarrier at shared::cluster address `bar` (another CTA's, from clusterMapShared).
-__device__ __forceinline__ void mbarArriveCluster(uint32_t bar) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ uint32_t clusterRank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
 __device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaWaitAll() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
@@ -385,12 +365,7 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-// MC: the CTAs of a cluster pair (adjacent weight-row tiles, the same token tile and k range) share the token tile:
-// each loads one 64-k half of every activation stage and multicasts it to both, so each reads half the activations
-// from L2. Each consumer warp releases a stage in both CTAs (the producers refill a stage only when both have used
-// it), and each producer waits at the end until both have released its last stages (no CTA exits while the other's
-// multicast may still write into it).
-template <int T, bool HALF, bool MC = false>
+template <int T, bool HALF>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
@@ -422,12 +397,7 @@ __global__ void __launch_bounds__(384, 1)
     const int kb0 = static_cast<int>(blockIdx.y) * kbPerSplit;
     const int nkb = max(0, min(kBlocks, kb0 + kbPerSplit) - kb0);
 
-    initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, (HALF ? 4 : 8) * (MC ? 2 : 1));
-    [[maybe_unused]] uint32_t rank = 0;
-    if constexpr (MC) {
-        rank = clusterRank();
-        clusterSync();  // both CTAs' barriers exist before either multicasts into the other
-    }
+    initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, HALF ? 4 : 8);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
     const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
@@ -449,15 +419,6 @@ __global__ void __launch_bounds__(384, 1)
             // (probe 128: only the first 64 k of each token k-block, half the activation reads, wrong results)
             const uint32_t xBytes =
                 (tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF) >> ((TRT_GEMMA4_SOL & 128) ? 1 : 0);
-            // MC: this CTA's 64-k half of a stage's token tile, multicast to the pair (both halves land in both).
-            auto loadX = [&](uint32_t xs, int kb, uint32_t bar) {
-                if constexpr (MC) {
-                    tmaLoad2dMc(xs + rank * Sh::X_HALF, xMap, kb * kKBlock + 64 * static_cast<int>(rank), m0, bar, 3);
-                } else {
-                    tmaLoad2d(xs, xMap, kb * kKBlock, m0, bar);
-                    if (!(TRT_GEMMA4_SOL & 128)) tmaLoad2d(xs + Sh::X_HALF, xMap, kb * kKBlock + 64, m0, bar);
-                }
-            };
             const int pre = min(STAGES, nkb);
             // Weights are constants: the first stages' weight tiles are requested before the previous kernel has
             // finished (PDL); the activations only after it has.
@@ -476,7 +437,8 @@ __global__ void __launch_bounds__(384, 1)
                     continue;
                 }
                 if (ownX(i)) mbarExpectTx(bar, xBytes);
-                loadX(xs, kb0 + i, bar);
+                tmaLoad2d(xs, xMap, (kb0 + i) * kKBlock, m0, bar);
+                if (!(TRT_GEMMA4_SOL & 128)) tmaLoad2d(xs + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, bar);
             }
 #pragma unroll 1
             for (int i = pre; i < nkb; ++i) {
@@ -486,12 +448,9 @@ __global__ void __launch_bounds__(384, 1)
                 mbarExpectTx(fullBar + 8 * s, (TRT_GEMMA4_SOL & 32) ? Sh::W_BYTES : Sh::W_BYTES + xBytes);
                 tmaLoad2d(st, &tmW, (kb0 + i) * kKBlock, n0, fullBar + 8 * s);
                 if (TRT_GEMMA4_SOL & 32) continue;  // (probe 32: no activation loads, wrong results)
-                loadX(st + Sh::W_BYTES, kb0 + i, fullBar + 8 * s);
-            }
-            if constexpr (MC) {  // both CTAs have released our last stages: nothing still writes into either
-#pragma unroll 1
-                for (int i = max(0, nkb - STAGES); i < nkb; ++i)
-                    mbarWait(emptyBar + 8 * (i % STAGES), (i / STAGES) & 1);
+                tmaLoad2d(st + Sh::W_BYTES, xMap, (kb0 + i) * kKBlock, m0, fullBar + 8 * s);
+                if (TRT_GEMMA4_SOL & 128) continue;
+                tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, xMap, (kb0 + i) * kKBlock + 64, m0, fullBar + 8 * s);
             }
         }
         allowDependents();
@@ -548,10 +507,7 @@ __global__ void __launch_bounds__(384, 1)
         fenceRegs(part);
         fenceFrags(cur);
         __syncwarp();
-        if (lane == 0) {
-            mbarArrive(emptyBar + 8 * s);
-            if constexpr (MC) mbarArriveCluster(clusterMapShared(emptyBar + 8 * s, rank ^ 1u));
-        }
+        if (lane == 0) mbarArrive(emptyBar + 8 * s);
 #pragma unroll
         for (int r = 0; r < T / 2; ++r) acc[r] = fmaf(scale, part[r], acc[r]);
     };
@@ -1301,7 +1257,7 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
-template <int T, bool HALF, bool MC = false>
+template <int T, bool HALF>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
     using Sh = WgShape<T, HALF>;
@@ -1317,13 +1273,10 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const int tilesN = (N + Sh::ROWS - 1) / Sh::ROWS, tilesT = (M + T - 1) / T;
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
-    // MC pairs: x-adjacent CTAs must be adjacent row tiles of one token tile (groupedTileOrigin with an even
-    // number of row tiles: every group of row tiles is even), and the pairs take the cluster.
-    if (MC && (tilesN % 2 != 0 || cluster)) return cudaErrorInvalidValue;
     const cudaError_t err =
-        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF, MC>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
+        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    return launchClusterEx(usePdl(), dim3(MC ? 2 : 1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF, MC>,
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
                            dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
 }
@@ -1331,15 +1284,7 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
 // The token-tile kernel for token tile `tokTile` (16..128).
 template <bool HALF>
 cudaError_t launchTokTileFor(int tokTile, const void* X, const uint8_t* W, const float* S, void* Y, float* partial,
-                             int M, int N, int K, int splits, bool cluster, bool mc, cudaStream_t stream) {
-    if (mc) {
-        switch (tokTile) {
-            case 32: return launchTokTile<32, HALF, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 64: return launchTokTile<64, HALF, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            case 128: return launchTokTile<128, HALF, true>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-            default: return cudaErrorInvalidValue;
-        }
-    }
+                             int M, int N, int K, int splits, bool cluster, cudaStream_t stream) {
     switch (tokTile) {
         case 16: return launchTokTile<16, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 32: return launchTokTile<32, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
@@ -1374,11 +1319,10 @@ bool wgmmaAvailable() {
 size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTile); }
 
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
-                            int N, int K, int tokTile, int splits, bool cluster, bool half, bool mc,
-                            cudaStream_t stream) {
+                            int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
     if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
-        if (partial == nullptr || mc) return cudaErrorInvalidValue;
+        if (partial == nullptr) return cudaErrorInvalidValue;
         if (tokTile == 256) return launchStreamK<256>(X, W, S, Y, partial, sem, M, N, K, stream);
         if (tokTile == 128) return launchStreamK<128>(X, W, S, Y, partial, sem, M, N, K, stream);
         return cudaErrorInvalidValue;
@@ -1386,12 +1330,12 @@ cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, voi
     if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
     if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
     if (tokTile == 256) {  // the persistent kernel, 128-row tiles only
-        if (splits != 1 || half || mc) return cudaErrorInvalidValue;
+        if (splits != 1 || half) return cudaErrorInvalidValue;
         return launchWide(X, W, S, Y, M, N, K, stream);
     }
     // half: 64-row tiles, the two consumer warpgroups splitting the k-blocks
-    return half ? launchTokTileFor<true>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, mc, stream)
-                : launchTokTileFor<false>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, mc, stream);
+    return half ? launchTokTileFor<true>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream)
+                : launchTokTileFor<false>(tokTile, X, W, S, Y, partial, M, N, K, splits, cluster, stream);
 }
 
 }  // namespace detail
