@@ -365,10 +365,7 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-// CLU (HALF only): launched as a cluster split-K (the splits sum in distributed shared memory). The 64-row tiles have a
-// separate instantiation for it so that each form of their epilogue compiles on its own (one shared kernel measured
-// 1% slower on the cluster form after the other changed; bench/NOTES_gemm.md v27).
-template <int T, bool HALF, bool CLU = false>
+template <int T, bool HALF>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
@@ -402,9 +399,7 @@ __global__ void __launch_bounds__(384, 1)
 
     initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, HALF ? 4 : 8);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
-    static_assert(HALF || !CLU, "CLU: 64-row tiles only");
-    const bool clustered = HALF ? CLU : partial == nullptr && gridDim.y > 1;
-    if (HALF && CLU != (partial == nullptr && gridDim.y > 1)) __trap();  // the launcher picks CLU from the launch
+    const bool clustered = partial == nullptr && gridDim.y > 1;
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
 
     const int wg = threadIdx.x >> 7;
@@ -1291,12 +1286,10 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
-template <int T, bool HALF, bool CLU = false>
+template <int T, bool HALF>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
     using Sh = WgShape<T, HALF>;
-    if (HALF && cluster != CLU)  // the 64-row tiles' cluster split-K has its own instantiation
-        return launchTokTile<T, HALF, !CLU && HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
     // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
     const int tailRows = M % T;
     CUtensorMap tmW, tmX, tmXTail;
@@ -1310,9 +1303,9 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
     const cudaError_t err =
-        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF, CLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
+        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF, CLU>,
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
                            dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
 }
