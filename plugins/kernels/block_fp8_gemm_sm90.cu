@@ -541,24 +541,10 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     }
-    // HALF without the cluster split-K: warpgroup cw finishes tokens [cw T/2, (cw + 1) T/2) of the tile, accumulator
-    // registers [cw H, cw H + H). HALF with it: warpgroup 0 takes the whole tile's sums (their cluster sums and stores
-    // are shared by all 256 consumer threads anyway).
+    // HALF: warpgroup cw finishes tokens [cw T/2, (cw + 1) T/2) of the tile, accumulator registers [cw H, cw H + H).
     constexpr int H = T / 4;
-    [[maybe_unused]] auto mine = [&](int j) { return !HALF || clustered || (4 * j) / H == cw; };  // 8-token group j
-    if (HALF && clustered) {
-        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
-        float* comb = reinterpret_cast<float*>(smem + Sh::COMB);
-        if (cw == 1) {
-#pragma unroll
-            for (int r = 0; r < T / 2; ++r) comb[r * 128 + tid] = acc[r];
-        }
-        namedBarrier(1, 256);
-        if (cw == 0) {
-#pragma unroll
-            for (int r = 0; r < T / 2; ++r) acc[r] += comb[r * 128 + tid];
-        }
-    } else if constexpr (HALF) {
+    [[maybe_unused]] auto mine = [&](int j) { return !HALF || (4 * j) / H == cw; };  // token group j (8 tokens)
+    if constexpr (HALF) {
         // Intra-CTA split-K: each warpgroup hands the other the half of its sums that the other finishes, through
         // shared memory behind the epilogue's staging area, and adds the other's: sum = warpgroup 0's + warpgroup
         // 1's (FP32 addition commutes: the same bits in either warpgroup, deterministic). Both then store their
@@ -623,7 +609,7 @@ __global__ void __launch_bounds__(384, 1)
         namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
         float* tile = reinterpret_cast<float*>(smem);
         const int f = (HALF ? 0 : 64 * cw) + feat;
-        if (!HALF || cw == 0) {
+        {
 #pragma unroll
             for (int j = 0; j < T / 8; ++j) {
                 if (!mine(j)) continue;
