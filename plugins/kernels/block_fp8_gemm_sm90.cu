@@ -102,7 +102,7 @@ struct WgShape {
     // HALF: the second warpgroup's FP32 accumulators for the first to add, [T/2][128 threads], behind the epilogue's
     // staging area (the first warpgroup writes that while it may still read these).
     static constexpr int COMB = 40 * 1024;
-    static_assert(!HALF || (2 * T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
+    static_assert(!HALF || (T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
                             COMB + T * 256 <= STAGES * STAGE), "the warpgroups' sum area must fit in the ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
 };
@@ -541,33 +541,21 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     }
-    // HALF: warpgroup cw finishes tokens [cw T/2, (cw + 1) T/2) of the tile, accumulator registers [cw H, cw H + H).
-    constexpr int H = T / 4;
-    [[maybe_unused]] auto mine = [&](int j) { return !HALF || (4 * j) / H == cw; };  // token group j (8 tokens)
     if constexpr (HALF) {
-        // Intra-CTA split-K: each warpgroup hands the other the half of its sums that the other finishes, through
-        // shared memory behind the epilogue's staging area, and adds the other's: sum = warpgroup 0's + warpgroup
-        // 1's (FP32 addition commutes: the same bits in either warpgroup, deterministic). Both then store their
-        // half of the tokens.
+        // Intra-CTA split-K: warpgroup 0's sum plus warpgroup 1's, in that order (deterministic), through shared
+        // memory behind the epilogue's staging area; then warpgroup 0 holds the tile's 64 rows.
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
         float* comb = reinterpret_cast<float*>(smem + Sh::COMB);
-        float* give = comb + cw * H * 128 + tid;  // [warpgroup][H][128 threads]
-        const float* take = comb + (1 - cw) * H * 128 + tid;
-        if (cw == 0) {
+        if (cw == 1) {
 #pragma unroll
-            for (int r = 0; r < H; ++r) give[r * 128] = acc[H + r];
-        } else {
-#pragma unroll
-            for (int r = 0; r < H; ++r) give[r * 128] = acc[r];
+            for (int r = 0; r < T / 2; ++r) comb[r * 128 + tid] = acc[r];
         }
         namedBarrier(1, 256);
         if (cw == 0) {
 #pragma unroll
-            for (int r = 0; r < H; ++r) acc[r] += take[r * 128];
-        } else {
-#pragma unroll
-            for (int r = 0; r < H; ++r) acc[H + r] += take[r * 128];
+            for (int r = 0; r < T / 2; ++r) acc[r] += comb[r * 128 + tid];
         }
+        if (cw == 1 && !clustered) return;  // only the cluster's barriers and sums still need it
     }
 
     waitForPrerequisite();  // already true (the producer waited before loading activations); orders our stores
@@ -582,7 +570,6 @@ __global__ void __launch_bounds__(384, 1)
         uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
 #pragma unroll
         for (int j = 0; j < T / 8; ++j) {
-            if (!mine(j)) continue;
             uint8_t* p = ep + (8 * j + 2 * t) * Sh::EPI_ROW + feat * 2;
             *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(acc[4 * j]);
             *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW) = __float2bfloat16_rn(acc[4 * j + 1]);
@@ -591,9 +578,9 @@ __global__ void __launch_bounds__(384, 1)
         }
         namedBarrier(2 + cw, 128);
 #pragma unroll 1
-        for (int idx = tid; idx < (HALF ? T / 2 : T) * 8; idx += 128) {
-            const int tok = (HALF ? cw * (T / 2) : 0) + (idx >> 3), c = idx & 7;
-            const int m = m0 + tok, n = n0 + (HALF ? 0 : 64 * cw) + 8 * c;
+        for (int idx = tid; idx < T * 8; idx += 128) {
+            const int tok = idx >> 3, c = idx & 7;
+            const int m = m0 + tok, n = n0 + 64 * cw + 8 * c;
             if (m < M && n < N)
                 *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
                     *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
@@ -608,11 +595,10 @@ __global__ void __launch_bounds__(384, 1)
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
         namedBarrierArrive(kProducerPark, 384);  // release the parked producer warpgroup into the cluster barriers
         float* tile = reinterpret_cast<float*>(smem);
-        const int f = (HALF ? 0 : 64 * cw) + feat;
-        {
+        const int f = 64 * cw + feat;
+        if (!HALF || cw == 0) {
 #pragma unroll
             for (int j = 0; j < T / 8; ++j) {
-                if (!mine(j)) continue;
                 float* r = tile + (8 * j + 2 * t) * Sh::CLU_PITCH + f;
                 r[0] = acc[4 * j];
                 r[Sh::CLU_PITCH] = acc[4 * j + 1];
@@ -707,10 +693,9 @@ __global__ void __launch_bounds__(384, 1)
         clusterSyncRelaxed();
     } else {
         float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
-        const int n = n0 + (HALF ? 0 : 64 * cw) + feat;
+        const int n = n0 + 64 * cw + feat;
 #pragma unroll
         for (int j = 0; j < T / 8; ++j) {
-            if (!mine(j)) continue;
             const int m = m0 + 8 * j + 2 * t;
             if (n < N) {
                 if (m < M) P[static_cast<size_t>(m) * N + n] = acc[4 * j];
