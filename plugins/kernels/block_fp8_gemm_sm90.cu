@@ -105,6 +105,7 @@ struct WgShape {
     static_assert(!HALF || (T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
                             COMB + T * 256 <= STAGES * STAGE), "the warpgroups' sum area must fit in the ring");
     static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 limit");
+    static_assert(!HALF || T != 64 || 2 * T * EPI_ROW <= COMB, "both warpgroups' staging must end before the sums");
 };
 
 #ifdef TRT_GEMMA4_SM90A_DEVICE
@@ -365,7 +366,10 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-template <int T, bool HALF>
+// The 64-row 64-token tiles (the drafter's short K at M = 65-128, its 1024 x 8192 at M = 65-128 with the reduce pass,
+// qkv at M = 33-64) finish their epilogue in both warpgroups (SPLIT below); their cluster split-K form is a separate
+// instantiation (CLU), compiled without it: in one shared kernel it measured 1% slower (bench/NOTES_gemm.md v27).
+template <int T, bool HALF, bool CLU = false>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                     const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
@@ -399,7 +403,10 @@ __global__ void __launch_bounds__(384, 1)
 
     initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, HALF ? 4 : 8);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
-    const bool clustered = partial == nullptr && gridDim.y > 1;
+    constexpr bool SEP = HALF && T == 64;  // separate instantiations with and without the cluster split-K
+    static_assert(SEP || !CLU, "CLU: the 64-row 64-token tiles only");
+    const bool clustered = SEP ? CLU : partial == nullptr && gridDim.y > 1;
+    if (SEP && CLU != (partial == nullptr && gridDim.y > 1)) __trap();  // the launcher picks CLU from the launch
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
 
     const int wg = threadIdx.x >> 7;
@@ -541,7 +548,36 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     }
-    if constexpr (HALF) {
+    // SPLIT: warpgroup cw finishes tokens [cw T/2, (cw + 1) T/2) of the tile, accumulator registers [cw H, cw H + H).
+    constexpr bool SPLIT = SEP && !CLU;
+    constexpr int H = T / 4;
+    [[maybe_unused]] auto mine = [&](int j) { return !SPLIT || (4 * j) / H == cw; };  // 8-token group j
+    if constexpr (SPLIT) {
+        // Intra-CTA split-K: each warpgroup hands the other the half of its sums that the other finishes, through
+        // shared memory behind the epilogue's staging area, and adds the other's: sum = warpgroup 0's + warpgroup
+        // 1's (FP32 addition commutes: the same bits in either warpgroup, deterministic). Both then store their
+        // half of the tokens (H100, four runs, medians: the drafter's 4096 x 1024 at M = 96 / 128 5.67 / 5.83 ->
+        // 5.62 / 5.74 µs, 1024 x 8192 10.27 / 10.54 -> 10.10 / 10.34; bench/NOTES_gemm.md v27).
+        namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+        float* comb = reinterpret_cast<float*>(smem + Sh::COMB);
+        float* give = comb + cw * H * 128 + tid;  // [warpgroup][H][128 threads]
+        const float* take = comb + (1 - cw) * H * 128 + tid;
+        if (cw == 0) {
+#pragma unroll
+            for (int r = 0; r < H; ++r) give[r * 128] = acc[H + r];
+        } else {
+#pragma unroll
+            for (int r = 0; r < H; ++r) give[r * 128] = acc[r];
+        }
+        namedBarrier(1, 256);
+        if (cw == 0) {
+#pragma unroll
+            for (int r = 0; r < H; ++r) acc[r] += take[r * 128];
+        } else {
+#pragma unroll
+            for (int r = 0; r < H; ++r) acc[H + r] += take[r * 128];
+        }
+    } else if constexpr (HALF) {
         // Intra-CTA split-K: warpgroup 0's sum plus warpgroup 1's, in that order (deterministic), through shared
         // memory behind the epilogue's staging area; then warpgroup 0 holds the tile's 64 rows.
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
@@ -570,6 +606,7 @@ __global__ void __launch_bounds__(384, 1)
         uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
 #pragma unroll
         for (int j = 0; j < T / 8; ++j) {
+            if (!mine(j)) continue;
             uint8_t* p = ep + (8 * j + 2 * t) * Sh::EPI_ROW + feat * 2;
             *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(acc[4 * j]);
             *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW) = __float2bfloat16_rn(acc[4 * j + 1]);
@@ -578,9 +615,9 @@ __global__ void __launch_bounds__(384, 1)
         }
         namedBarrier(2 + cw, 128);
 #pragma unroll 1
-        for (int idx = tid; idx < T * 8; idx += 128) {
-            const int tok = idx >> 3, c = idx & 7;
-            const int m = m0 + tok, n = n0 + 64 * cw + 8 * c;
+        for (int idx = tid; idx < (SPLIT ? T / 2 : T) * 8; idx += 128) {
+            const int tok = (SPLIT ? cw * (T / 2) : 0) + (idx >> 3), c = idx & 7;
+            const int m = m0 + tok, n = n0 + (SPLIT ? 0 : 64 * cw) + 8 * c;
             if (m < M && n < N)
                 *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
                     *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + c * 16);
@@ -693,9 +730,10 @@ __global__ void __launch_bounds__(384, 1)
         clusterSyncRelaxed();
     } else {
         float* P = partial + static_cast<size_t>(blockIdx.y) * M * N;
-        const int n = n0 + 64 * cw + feat;
+        const int n = n0 + (SPLIT ? 0 : 64 * cw) + feat;
 #pragma unroll
         for (int j = 0; j < T / 8; ++j) {
+            if (!mine(j)) continue;
             const int m = m0 + 8 * j + 2 * t;
             if (n < N) {
                 if (m < M) P[static_cast<size_t>(m) * N + n] = acc[4 * j];
@@ -1257,10 +1295,13 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
-template <int T, bool HALF>
+template <int T, bool HALF, bool CLU = false>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
     using Sh = WgShape<T, HALF>;
+    constexpr bool SEP = HALF && T == 64;  // the kernel's cluster split-K is a separate instantiation
+    if (SEP && cluster != CLU)
+        return launchTokTile<T, HALF, SEP && !CLU>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
     // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
     const int tailRows = M % T;
     CUtensorMap tmW, tmX, tmXTail;
@@ -1274,9 +1315,9 @@ cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void*
     const long long ctas = static_cast<long long>(tilesN) * tilesT;
     if (ctas > 2147483647ll || splits > 65535) return cudaErrorInvalidValue;
     const cudaError_t err =
-        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
+        cudaFuncSetAttribute(wgmmaGemmKernel<T, HALF, CLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF>,
+    return launchClusterEx(usePdl(), dim3(1, cluster ? splits : 1, 1), wgmmaGemmKernel<T, HALF, CLU>,
                            dim3(static_cast<unsigned>(ctas), splits), 384, Sh::SMEM, stream, tmW, tmX, tmXTail, S,
                            static_cast<__nv_bfloat16*>(Y), partial, M, N, K, tilesN, tilesT, kbPerSplit, tailRows);
 }
