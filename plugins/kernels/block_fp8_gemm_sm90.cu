@@ -367,8 +367,9 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
 // The 64-row 64-token tiles (the drafter's short K at M = 65-128, its 1024 x 8192 at M = 65-128 with the reduce pass,
-// qkv at M = 33-64) finish their epilogue in both warpgroups (SPLIT below); their cluster split-K form is a separate
-// instantiation (CLU), compiled without it: in one shared kernel it measured 1% slower (bench/NOTES_gemm.md v27).
+// qkv at M = 33-64) finish their epilogue in both warpgroups (SPLIT below). Their cluster split-K form is a separate
+// instantiation (CLU) that compiles the code every other token tile does: sharing one kernel with the split epilogue
+// measured 1% slower on it (bench/NOTES_gemm.md v27).
 template <int T, bool HALF, bool CLU = false>
 __global__ void __launch_bounds__(384, 1)
     wgmmaGemmKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
@@ -403,10 +404,12 @@ __global__ void __launch_bounds__(384, 1)
 
     initStageBarriers(fullBar, emptyBar, STAGES, xBar, Sh::X_BARS, HALF ? 4 : 8);
     // Split-K summed in the kernel: the gridDim.y splits of this tile are one thread-block cluster (launchTokTile).
-    constexpr bool SEP = HALF && T == 64;  // separate instantiations with and without the cluster split-K
-    static_assert(SEP || !CLU, "CLU: the 64-row 64-token tiles only");
-    const bool clustered = SEP ? CLU : partial == nullptr && gridDim.y > 1;
-    if (SEP && CLU != (partial == nullptr && gridDim.y > 1)) __trap();  // the launcher picks CLU from the launch
+    // SPLIT (the 64-row 64-token tiles without the cluster split-K): the epilogue below in both warpgroups; their
+    // cluster form (CLU) compiles the same code as every other token tile.
+    constexpr bool SPLIT = HALF && T == 64 && !CLU;
+    static_assert(!CLU || (HALF && T == 64), "CLU: the 64-row 64-token tiles only");
+    const bool clustered = SPLIT ? false : partial == nullptr && gridDim.y > 1;
+    if (SPLIT && partial == nullptr && gridDim.y > 1) __trap();  // a cluster launch takes the CLU instantiation
     if (clustered && clusterCtas() != gridDim.y) __trap();  // launched without its cluster: never sum half a tile
 
     const int wg = threadIdx.x >> 7;
@@ -549,15 +552,14 @@ __global__ void __launch_bounds__(384, 1)
         if (nkb > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
     }
     // SPLIT: warpgroup cw finishes tokens [cw T/2, (cw + 1) T/2) of the tile, accumulator registers [cw H, cw H + H).
-    constexpr bool SPLIT = SEP && !CLU;
     constexpr int H = T / 4;
     [[maybe_unused]] auto mine = [&](int j) { return !SPLIT || (4 * j) / H == cw; };  // 8-token group j
     if constexpr (SPLIT) {
         // Intra-CTA split-K: each warpgroup hands the other the half of its sums that the other finishes, through
         // shared memory behind the epilogue's staging area, and adds the other's: sum = warpgroup 0's + warpgroup
         // 1's (FP32 addition commutes: the same bits in either warpgroup, deterministic). Both then store their
-        // half of the tokens (H100, four runs, medians: the drafter's 4096 x 1024 at M = 96 / 128 5.67 / 5.83 ->
-        // 5.62 / 5.74 µs, 1024 x 8192 10.27 / 10.54 -> 10.10 / 10.34; bench/NOTES_gemm.md v27).
+        // half of the tokens (H100, four alternating runs, medians: the drafter's 4096 x 1024 at M = 96 / 128 5.66 /
+        // 5.80 -> 5.58 / 5.71 µs, 1024 x 8192 10.30 / 10.54 -> 10.05 / 10.29; bench/NOTES_gemm.md v27).
         namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
         float* comb = reinterpret_cast<float*>(smem + Sh::COMB);
         float* give = comb + cw * H * 128 + tid;  // [warpgroup][H][128 threads]
