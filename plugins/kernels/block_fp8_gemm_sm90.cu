@@ -100,7 +100,8 @@ struct WgShape {
     static constexpr int CLU_PITCH = ROWS + 4;         // cluster split-K: floats per token row (+4: banks)
     static_assert(T * CLU_PITCH * 4 <= STAGES * STAGE, "the cluster partial tile must fit in the stage ring");
     // HALF: the second warpgroup's FP32 accumulators for the first to add, [T/2][128 threads], behind the epilogue's
-    // staging area (the first warpgroup writes that while it may still read these).
+    // staging area (the first warpgroup writes that while it may still read these); the 64-token tiles' split epilogue
+    // (SPLIT in the kernel): each warpgroup's half for the other, [2][T/4][128], behind both warpgroups' staging.
     static constexpr int COMB = 40 * 1024;
     static_assert(!HALF || (T * EPI_ROW <= COMB && T * CLU_PITCH * 4 <= COMB &&
                             COMB + T * 256 <= STAGES * STAGE), "the warpgroups' sum area must fit in the ring");
