@@ -367,7 +367,7 @@ __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const C
 }
 #endif  // TRT_GEMMA4_SM90A_DEVICE
 
-// The 64-row 64-token tiles (the drafter's short K at M = 65-128, its 1024 x 8192 at M = 65-128 with the reduce pass,
+// The 64-row 64-token tiles (the drafter's short K at M = 33-128, its 1024 x 8192 at M = 65-128 with the reduce pass,
 // qkv at M = 33-64) finish their epilogue in both warpgroups (SPLIT below). Their cluster split-K form is a separate
 // instantiation (CLU) that compiles the code every other token tile does: sharing one kernel with the split epilogue
 // measured 1% slower on it (bench/NOTES_gemm.md v27).
