@@ -1302,9 +1302,6 @@ template <int T, bool HALF, bool CLU = false>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
     using Sh = WgShape<T, HALF>;
-    constexpr bool SEP = HALF && T == 64;  // the kernel's cluster split-K is a separate instantiation
-    if (SEP && cluster != CLU)
-        return launchTokTile<T, HALF, SEP && !CLU>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
     // The last token tile's map when M % T != 0: a box of only the tokens that exist (see the kernel's producer).
     const int tailRows = M % T;
     CUtensorMap tmW, tmX, tmXTail;
@@ -1332,7 +1329,9 @@ cudaError_t launchTokTileFor(int tokTile, const void* X, const uint8_t* W, const
     switch (tokTile) {
         case 16: return launchTokTile<16, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 32: return launchTokTile<32, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
-        case 64: return launchTokTile<64, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
+        case 64:  // the 64-row 64-token tiles' cluster split-K is its own instantiation (CLU, see the kernel)
+            return cluster ? launchTokTile<64, HALF, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream)
+                           : launchTokTile<64, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         case 128: return launchTokTile<128, HALF>(X, W, S, Y, partial, M, N, K, splits, cluster, stream);
         default: return cudaErrorInvalidValue;
     }
