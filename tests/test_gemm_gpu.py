@@ -97,9 +97,9 @@ CONFIGS = (
 )
 # The Hopper wgmma kernel (sm_90a only): token tiles 16..128, split-K incl. splits with no k-blocks (zeros), with
 # 128-row tiles (row groups 1) and 64-row tiles whose two warpgroups split the k-blocks (row groups 2: odd k-block
-# counts, a warpgroup with none); the persistent kernel data-parallel (tile 256, splits 1) and stream-K (tiles 128
-# and 256, splits 0).
-WGMMA_STREAM_K = [(3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
+# counts, a warpgroup with none); the persistent kernel data-parallel (tile 256, splits 1) and stream-K (splits 0:
+# the token tiles 32 / 64 / 128 and the persistent 256-token kernel).
+WGMMA_STREAM_K = [(3, 32, 1, 1, 0, 2), (3, 64, 1, 1, 0, 2), (3, 128, 1, 1, 0, 2), (3, 256, 1, 1, 0, 2)]
 WGMMA_CONFIGS = (
     [(3, tile, rg, 1, sp, 2) for tile in (16, 32, 64, 128) for rg in (1, 2) for sp in (1, 2, 5)]
     + [(3, 256, 1, 1, 1, 2)]
@@ -192,7 +192,7 @@ def test_wgmma_config_matches_fp64(config: tuple[int, ...], n: int, k: int, m: i
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
-@pytest.mark.parametrize(("tile", "splits"), [(16, 1), (128, 1), (256, 1), (128, 0), (256, 0)])
+@pytest.mark.parametrize(("tile", "splits"), [(16, 1), (128, 1), (256, 1), (32, 0), (64, 0), (128, 0), (256, 0)])
 def test_wgmma_zero_scale_blocks(tile: int, splits: int) -> None:
     """All-zero weight blocks (s = 0) between live ones: the persistent kernel must leave them out of its rescaling
     (stream-K: also in pieces of a cut tile that hold only zero blocks)."""
@@ -293,6 +293,7 @@ def _all_codes_problem(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
 # cluster).
 TAIL_CONFIGS = [(3, 64, 1, 1, 1, 2, 0), (3, 128, 1, 1, 2, 2, 1), (3, 32, 2, 1, 1, 2, 0), (3, 128, 2, 1, 2, 2, 1)]
 TAIL_CONFIGS += [(3, 64, 2, 1, 3, 2, 0), (3, 256, 1, 1, 1, 2, 0), (3, 256, 1, 1, 0, 2, 0), (3, 128, 1, 1, 0, 2, 0)]
+TAIL_CONFIGS += [(3, 32, 1, 1, 0, 2, 0), (3, 64, 1, 1, 0, 2, 0)]
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")
@@ -410,6 +411,11 @@ def test_ops_raise_on_bad_calls() -> None:
             ops.block_fp8_gemm_config(x, w, s, 3, 256, 2, 1, 1, depth=2)
         with pytest.raises(RuntimeError, match="kernel=3 tile=64 splits=1 cluster=0 prefetch=0 row_groups=3"):
             ops.block_fp8_gemm_config(x, w, s, 3, 64, 3, 1, 1, depth=2)
+        # stream-K: 128-row tiles of 32..256 tokens only
+        with pytest.raises(RuntimeError, match="kernel=3 tile=64 splits=0 cluster=0 prefetch=0 row_groups=2"):
+            ops.block_fp8_gemm_config(x, w, s, 3, 64, 2, 1, 0, depth=2)
+        with pytest.raises(RuntimeError, match="kernel=3 tile=16 splits=0 cluster=0 prefetch=0"):
+            ops.block_fp8_gemm_config(x, w, s, 3, 16, 1, 1, 0, depth=2)
     x2, w2 = torch.randn(16, 272, device="cuda", dtype=torch.bfloat16), w[:, :16].repeat(1, 17).contiguous()
     with pytest.raises(RuntimeError, match="K=272 kernel=1 tile=2 splits=1 cluster=0 prefetch=1"):  # whole k-blocks
         ops.block_fp8_gemm_config(x2, w2, torch.ones(1, 3, device="cuda"), 1, 2, 1, 4, 1, depth=2, prefetch=True)

@@ -78,9 +78,10 @@ struct BlockFp8GemmConfig {
                         // the weights to widen per CTA, twice the CTAs); other kernels: 1
     int warps = 8;      // stream: warps per CTA, all on the same rows, splitting K (1..8); bulk: consumer warps
     int splits = 1;     // split-K across CTAs (1..16); > 1 needs the FP32 workspace and a reduce pass (unless cluster);
-                        // wgmma tile 128/256 only: 0 = stream-K (the persistent kernel spreads all tiles'
-                        // k-blocks evenly over one CTA per SM and combines cut tiles itself; workspace: flags
-                        // and one FP32 partial tile per SM)
+                        // wgmma 128-row tiles of 32, 64, 128 or 256 tokens only: 0 = stream-K (one CTA per SM,
+                        // all tiles' k-blocks spread evenly over them, cut tiles combined in the kernel: the
+                        // token-tile kernel's step for 32-128 tokens, the persistent kernel for 256; workspace:
+                        // flags and one FP32 partial tile per SM)
     int depth = 3;      // stream: k-blocks in the register ring (DEPTH-1 in flight): 2 or 3 (tile 4: 2; tile 1: up to 4);
                         // streamSmem: ring stages, tile 1: 3-5 (row groups 2: 2-3), tile 2: 3-4 (row groups 2:
                         // 2-3), tile 4: 2-3;

@@ -1011,7 +1011,7 @@ __global__ void __launch_bounds__(384, 1)
 // all resident at once (another GEMM on another stream, MPS), as long as lower-index CTAs are dispatched first,
 // which the hardware does (the same assumption as CUTLASS's stream-K). Each CTA publishes at most one partial.
 // Workspace: the flags (zeroed by the launcher, or the caller's semaphores, left zero) and G partial tiles.
-// T = 256 or 128 tokens per tile.
+// T = 256 tokens per tile (the 128-token form is the token-tile stream-K kernel below).
 // This is a separate kernel rather than a mode of the wide one: one template for both walks compiled the
 // data-parallel case into a schedule that ran 3-15% slower at M = 8192 in same-run A/B tests. The two share the
 // k-block step, the producer's stage and the store (persistentKBlock, produceStage, storeAccTile), which leaves the
@@ -1201,6 +1201,229 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// ---- Stream-K over the token tiles: config splits = 0 with token tile 32, 64 or 128 ------------------------------
+// Where the 128-row tiles of a GEMM are fewer than the SMs and no split-K fills them (qkv_global: 68 row tiles on
+// 132 SMs, and 136 split or 64-row CTAs would need a second wave), the grid's G CTAs (one per SM) split ALL k-blocks of
+// all tiles evenly: CTA c takes units [U c / G, U (c+1) / G) of U = tiles x kBlocks, in tile order, worked BACKWARDS by
+// tile, exactly as the persistent stream-K kernel above (the head of its last tile first, which it publishes as an
+// FP32 partial for that tile's owner; whole tiles next, stored from registers; the tail of its first tile last, which
+// it owns: it adds the partials of the lower-index CTAs that took the tile's earlier k-blocks, nearest first, and
+// stores). Same flags, partial layout, ordering argument (a CTA only waits for lower-index CTAs, which publish before
+// they wait for anything) and workspace (streamKBytes). The k-block step is the token-tile kernel's (128-row tiles:
+// both consumer warpgroups on every k-block, 64 rows each, FP32 promotion per k-block, so no rescaling and no unit
+// bookkeeping across pieces), with one stage ring running on across the pieces, so the next piece's first weight
+// tile is widened during the last wgmmas of the one before. The last piece's epilogue stages the BF16 tile in the then
+// idle ring as the token-tile kernel does. It replaces the persistent kernel's 128-token stream-K form
+// (bench/NOTES_gemm.md v28).
+template <int T>
+__global__ void __launch_bounds__(384, 1)
+    wgmmaTokStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
+                          const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
+                          __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags, float* __restrict__ skPartial,
+                          int M, int N, int K, int tilesN, int tilesT, int tailRows) {
+#ifdef TRT_GEMMA4_SM90A_DEVICE
+    using Sh = WgShape<T, false>;
+    constexpr int STAGES = Sh::STAGES;
+    extern __shared__ uint8_t smemRaw[];
+    uint8_t* smem = alignedSmem(smemRaw);
+    const uint32_t sbase = smemAddr(smem);
+    const uint32_t fullBar = sbase + Sh::BARS;
+    const uint32_t emptyBar = fullBar + 8 * STAGES;
+    const int kBlocks = (K + kKBlock - 1) / kKBlock;
+    const long long units = static_cast<long long>(tilesN) * tilesT * kBlocks;
+    const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
+    auto unitStart = [&](int c) { return units * c / G; };
+    const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
+    const int stages = static_cast<int>(u1 - u0);  // this CTA's k-blocks: one ring stage each
+    const int lastTile = stages > 0 ? static_cast<int>((u1 - 1) / kBlocks) : 0;
+    const int nSeg = stages > 0 ? lastTile - static_cast<int>(u0 / kBlocks) + 1 : 0;
+    // Piece i (0 = the last tile's head): k-blocks [kb0, kb1) of `tile`.
+    auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
+        tile = lastTile - i;
+        const long long t0 = static_cast<long long>(tile) * kBlocks;
+        kb0 = static_cast<int>(max(0ll, u0 - t0));
+        kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
+    };
+
+    initStageBarriers(fullBar, emptyBar, STAGES);
+
+    const int wg = threadIdx.x >> 7;
+    if (wg == 0) {
+        // ---- producer: pass 0 requests the first STAGES weight tiles before the previous kernel has finished (PDL),
+        // pass 1 their activations after it, then every later stage as the ring frees up ----
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) {
+            prefetchTensorMaps(&tmW, &tmX, tailRows > 0 ? &tmXTail : nullptr);
+#pragma unroll 1
+            for (int pass = 0; pass < 2; ++pass) {
+                int c = 0;
+#pragma unroll 1
+                for (int seg = 0; seg < nSeg && (pass == 1 || c < STAGES); ++seg) {
+                    int tile, kb0, kb1, n0, m0;
+                    segment(seg, tile, kb0, kb1);
+                    groupedTileOrigin(tile, tilesN, tilesT, T, n0, m0);
+                    // The last token tile when M % T != 0: the map whose box has only the tokens that exist (the
+                    // token-tile kernel's producer says why).
+                    const bool tail = tailRows > 0 && m0 + T > M;
+                    const CUtensorMap* xMap = tail ? &tmXTail : &tmX;
+                    const uint32_t xBytes = tail ? 256u * static_cast<uint32_t>(tailRows) : 2u * Sh::X_HALF;
+#pragma unroll 1
+                    for (int kb = kb0; kb < kb1 && (pass == 1 || c < STAGES); ++kb, ++c) {
+                        const int s = c % STAGES;
+                        const uint32_t st = sbase + s * Sh::STAGE;
+                        if (pass == 0 || c >= STAGES) {
+                            if (c >= STAGES) mbarWait(emptyBar + 8 * s, ((c / STAGES) - 1) & 1);
+                            mbarExpectTx(fullBar + 8 * s, Sh::W_BYTES + xBytes);
+                            tmaLoad2d(st, &tmW, kb * kKBlock, n0, fullBar + 8 * s);
+                        }
+                        if (pass == 0) continue;
+                        tmaLoad2d(st + Sh::W_BYTES, xMap, kb * kKBlock, m0, fullBar + 8 * s);
+                        tmaLoad2d(st + Sh::W_BYTES + Sh::X_HALF, xMap, kb * kKBlock + 64, m0, fullBar + 8 * s);
+                    }
+                }
+                if (pass == 0) waitForPrerequisite();
+            }
+        }
+        allowDependents();
+        return;
+    }
+
+    // ---- consumers ----
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int cw = wg - 1;  // weight rows 64 cw .. 64 cw + 63 of each tile
+    const int tid = threadIdx.x & 127;
+    const int w4 = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int feat = 16 * w4 + g;
+    const uint32_t rowAddr = sbase + (64 * cw + feat) * 128;
+    uint32_t offs[8];  // 128-byte swizzle: rows g and g+8 XOR the chunk index with g
+#pragma unroll
+    for (int j = 0; j < 8; ++j) offs[j] = (static_cast<uint32_t>(j ^ g) << 4) + static_cast<uint32_t>(t >> 1) * 4;
+    const uint32_t sel = fragSel(t);
+    waitForPrerequisite();  // before the first store of a partial, a flag or Y (the workspace may be the last call's)
+
+    float acc[T / 2];
+    float part[T / 2];
+    uint32_t fragA[8][4], fragB[8][4];
+    // Stage c (the CTA's c-th k-block; its scale `scale`): the token-tile kernel's step.
+    auto step = [&](int c, float scale, uint32_t (&cur)[8][4], uint32_t (&nxt)[8][4]) {
+        const int s = c % STAGES;
+        const uint32_t xs = sbase + s * Sh::STAGE + Sh::W_BYTES;
+        fenceRegs(part);
+        waitTurn(cw);
+        wgmmaFence();
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            wgmmaRs(part, cur[j], descSw128(xs + (j >> 2) * Sh::X_HALF + (j & 3) * 32), j > 0 ? 1 : 0);
+        wgmmaCommit();
+        passTurn(cw);
+        if (c + 1 < stages) {  // the next stage, also across pieces
+            const int s1 = (c + 1) % STAGES;
+            mbarWait(fullBar + 8 * s1, ((c + 1) / STAGES) & 1);
+            loadWeightFrags<8, 128>(nxt, rowAddr + s1 * Sh::STAGE, offs, sel);
+        }
+        wgmmaWaitAll();
+        fenceRegs(part);
+        fenceFrags(cur);
+        __syncwarp();
+        if (lane == 0) mbarArrive(emptyBar + 8 * s);
+#pragma unroll
+        for (int r = 0; r < T / 2; ++r) acc[r] = fmaf(scale, part[r], acc[r]);
+    };
+
+    if (stages > 0) {
+        mbarWait(fullBar, 0);
+        loadWeightFrags<8, 128>(fragA, rowAddr, offs, sel);
+        if (cw == 1) passTurn(cw);  // warpgroup 0 goes first
+    }
+    int c = 0, n0 = 0, m0 = 0;
+    bool storeLast = false;  // the last piece ends its tile: stored through the ring below
+#pragma unroll 1
+    for (int seg = 0; seg < nSeg; ++seg) {
+        int tile, kb0, kb1;
+        segment(seg, tile, kb0, kb1);
+        groupedTileOrigin(tile, tilesN, tilesT, T, n0, m0);
+        const float* sRow = S + static_cast<size_t>(n0 / kRows) * kBlocks;
+#pragma unroll
+        for (int r = 0; r < T / 2; ++r) acc[r] = 0.f;
+#pragma unroll 1
+        for (int kb = kb0; kb < kb1; ++kb, ++c) {
+            if (c & 1)
+                step(c, __ldg(sRow + kb), fragB, fragA);
+            else
+                step(c, __ldg(sRow + kb), fragA, fragB);
+        }
+        if (kb1 < kBlocks) {
+            // Not the tile's last piece (only ever this CTA's first): publish it for the owner, [r / 4][tid][4] (one
+            // coalesced 16-byte store per 4 values, read back by the same thread index).
+            float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
+#pragma unroll
+            for (int q = 0; q < T / 8; ++q)
+                __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+            namedBarrier(2 + cw, 128);
+            if (tid == 0) {
+                __threadfence();
+                stRelease(skFlags + 2 * cta + cw, 1);
+            }
+            continue;
+        }
+        if (kb0 > 0) {
+            // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
+            const long long tileStart = static_cast<long long>(tile) * kBlocks;
+#pragma unroll 1
+            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
+                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
+                }
+                const float4* P =
+                    reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) +
+                    tid;
+#pragma unroll
+                for (int q = 0; q < T / 8; ++q) {
+                    const float4 v = __ldcg(P + q * 128);
+                    acc[4 * q] += v.x;
+                    acc[4 * q + 1] += v.y;
+                    acc[4 * q + 2] += v.z;
+                    acc[4 * q + 3] += v.w;
+                }
+                // Every thread of the warpgroup has seen the flag: clear it (the semaphores stay zero between calls).
+                namedBarrier(2 + cw, 128);
+                if (tid == 0) skFlags[2 * p + cw] = 0;
+            }
+        }
+        if (seg + 1 < nSeg) {
+            storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + feat, m0 + 2 * t);  // a whole tile: the ring is busy
+        } else {
+            storeLast = true;
+        }
+    }
+    if (stages > 0 && cw == 0) waitTurn(cw);  // takes warpgroup 1's last pass: the turn barriers end balanced
+    allowDependents();
+    if (!storeLast) return;
+    // The token-tile kernel's epilogue: the BF16 tile staged as [token][64 features] (rows padded to 144 B), then
+    // 16-byte pieces, each token's 64 features 128 contiguous bytes of Y.
+    namedBarrier(1, 256);  // both consumer warpgroups are past their last wgmma: the stage ring is free
+    uint8_t* ep = smem + cw * (T * Sh::EPI_ROW);
+#pragma unroll
+    for (int j = 0; j < T / 8; ++j) {
+        uint8_t* p = ep + (8 * j + 2 * t) * Sh::EPI_ROW + feat * 2;
+        *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(acc[4 * j]);
+        *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW) = __float2bfloat16_rn(acc[4 * j + 1]);
+        *reinterpret_cast<__nv_bfloat16*>(p + 16) = __float2bfloat16_rn(acc[4 * j + 2]);
+        *reinterpret_cast<__nv_bfloat16*>(p + Sh::EPI_ROW + 16) = __float2bfloat16_rn(acc[4 * j + 3]);
+    }
+    namedBarrier(2 + cw, 128);
+#pragma unroll 1
+    for (int idx = tid; idx < T * 8; idx += 128) {
+        const int tok = idx >> 3, q = idx & 7;
+        const int m = m0 + tok, n = n0 + 64 * cw + 8 * q;
+        if (m < M && n < N)
+            *reinterpret_cast<uint4*>(Y + static_cast<size_t>(m) * N + n) =
+                *reinterpret_cast<const uint4*>(ep + tok * Sh::EPI_ROW + q * 16);
+    }
+#elif defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
 // ---- host ------------------------------------------------------------------------------------------------------
 
 PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
@@ -1298,6 +1521,37 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
                     tmXTail, S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
+// Stream-K over the token tiles (T = 32, 64 or 128; 128-row tiles); workspace holds streamKBytes(grid, T) bytes.
+template <int T>
+cudaError_t launchTokStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem,
+                             int M, int N, int K, cudaStream_t stream) {
+    using Sh = WgShape<T, false>;
+    if (workspace == nullptr) return cudaErrorInvalidValue;
+    const int tailRows = M % T;  // the token-tile kernel's tail map: every partial last tile
+    CUtensorMap tmW, tmX, tmXTail;
+    if (!makeTensorMap(&tmW, CU_TENSOR_MAP_DATA_TYPE_UINT8, W, K, N, K, kKBlock, kRows, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        !makeTokenMaps(&tmX, &tmXTail, X, M, K, T, tailRows))
+        return cudaErrorInvalidValue;
+    const int tilesN = (N + kRows - 1) / kRows, tilesT = (M + T - 1) / T;
+    const long long units = static_cast<long long>(tilesN) * tilesT * ((K + kKBlock - 1) / kKBlock);
+    if (units > 2147483647ll) return cudaErrorInvalidValue;
+    // One CTA per SM, never more CTAs than k-blocks in all.
+    const int grid = static_cast<int>(std::min<long long>(units, smCount()));
+    float* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
+    // Flags: as launchStreamK (the caller's semaphores and PDL, else zeroed here and a plain launch).
+    const bool own = sem != nullptr && 2 * grid <= kBlockFp8GemmSemaphores;
+    int* flags = own ? sem : static_cast<int*>(workspace);
+    cudaError_t err = cudaSuccess;
+    if (!own) {
+        err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
+        if (err != cudaSuccess) return err;
+    }
+    err = cudaFuncSetAttribute(wgmmaTokStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
+    if (err != cudaSuccess) return err;
+    return launchEx(own && usePdl(), wgmmaTokStreamKKernel<T>, dim3(grid), 384, Sh::SMEM, stream, tmW, tmX, tmXTail,
+                    S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
+}
+
 template <int T, bool HALF, bool CLU = false>
 cudaError_t launchTokTile(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int M, int N,
                           int K, int splits, bool cluster, cudaStream_t stream) {
@@ -1364,11 +1618,15 @@ size_t wgmmaStreamKWorkspace(int tokTile) { return streamKBytes(smCount(), tokTi
 cudaError_t launchWgmmaGemm(const void* X, const uint8_t* W, const float* S, void* Y, float* partial, int* sem, int M,
                             int N, int K, int tokTile, int splits, bool cluster, bool half, cudaStream_t stream) {
     if (!wgmmaAvailable()) return cudaErrorNotSupported;
-    if (splits == 0) {  // stream-K through the persistent kernel; `partial` is its workspace
-        if (partial == nullptr) return cudaErrorInvalidValue;
-        if (tokTile == 256) return launchStreamK<256>(X, W, S, Y, partial, sem, M, N, K, stream);
-        if (tokTile == 128) return launchStreamK<128>(X, W, S, Y, partial, sem, M, N, K, stream);
-        return cudaErrorInvalidValue;
+    if (splits == 0) {  // stream-K (128-row tiles): the persistent kernel or the token tiles; `partial` is the workspace
+        if (partial == nullptr || half || cluster) return cudaErrorInvalidValue;
+        switch (tokTile) {
+            case 32: return launchTokStreamK<32>(X, W, S, Y, partial, sem, M, N, K, stream);
+            case 64: return launchTokStreamK<64>(X, W, S, Y, partial, sem, M, N, K, stream);
+            case 128: return launchTokStreamK<128>(X, W, S, Y, partial, sem, M, N, K, stream);
+            case 256: return launchStreamK<256>(X, W, S, Y, partial, sem, M, N, K, stream);
+            default: return cudaErrorInvalidValue;
+        }
     }
     if (cluster && (splits < 2 || splits > 8 || partial != nullptr || tokTile > 128)) return cudaErrorInvalidValue;
     if (splits < 1 || (splits > 1 && !cluster) != (partial != nullptr)) return cudaErrorInvalidValue;
