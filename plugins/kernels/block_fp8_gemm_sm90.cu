@@ -68,7 +68,7 @@ namespace {
 
 // Speed-of-light probes for the benchmark notes (scripts/sol_gemm_sm90.sh builds them; never set in a real build):
 // bit 1 skips the FP8 -> BF16 conversion, bit 2 also the weight loads from shared memory, bit 4 the accumulator
-// rescale, bit 8 the stream-K kernel's fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
+// rescale, bit 8 both stream-K kernels' fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
 // by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
 // token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
 // and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26).
@@ -1353,6 +1353,7 @@ __global__ void __launch_bounds__(384, 1)
                 step(c, __ldg(sRow + kb), fragA, fragB);
         }
         if (kb1 < kBlocks) {
+            if (TRT_GEMMA4_SOL & 8) continue;  // (probe 8: no fix-up, wrong results)
             // Not the tile's last piece (only ever this CTA's first): publish it for the owner, [r / 4][tid][4] (one
             // coalesced 16-byte store per 4 values, read back by the same thread index).
             float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
@@ -1366,7 +1367,7 @@ __global__ void __launch_bounds__(384, 1)
             }
             continue;
         }
-        if (kb0 > 0) {
+        if (kb0 > 0 && !(TRT_GEMMA4_SOL & 8)) {
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
