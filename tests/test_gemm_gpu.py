@@ -214,7 +214,8 @@ def test_wgmma_zero_scale_blocks(tile: int, splits: int) -> None:
 @pytest.mark.parametrize(("n", "k", "m"), [(1024, 2064, 200), (8704, 3840, 33), (3840, 4096, 129)], ids=str)
 def test_wgmma_semaphore_forms_agree(config: tuple[int, ...], n: int, k: int, m: int) -> None:
     """Stream-K with its flags in the op's semaphores and with them zeroed in the workspace by a memset: the same
-    additions in the same order, so the same bits; repeated calls reuse the semaphores (left at zero)."""
+    additions in the same order, so the same bits; repeated calls reuse the semaphores (left at zero), and so do
+    the replays of a CUDA graph (whose captured call takes a slice of the op's capture pool)."""
     gen = torch.Generator(device="cuda").manual_seed(torch.seed() % (2**31))
     x, w, s = random_problem(m, n, k, gen)
     run = torch.ops.trt_gemma4.block_fp8_gemm_config
@@ -224,6 +225,14 @@ def test_wgmma_semaphore_forms_agree(config: tuple[int, ...], n: int, k: int, m:
     check(with_sem[0], x, w, s, f"semaphores {config} M={m} N={n} K={k}")
     for y in with_sem[1:] + [without]:
         assert torch.equal(y, with_sem[0]), f"{config}: the semaphore and memset forms differ"
+    graph, y_graph = torch.cuda.CUDAGraph(), torch.empty_like(without)
+    with torch.cuda.graph(graph):
+        run(x, w, s, *config[:5], depth=2, out=y_graph)
+    for _ in range(3):
+        y_graph.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y_graph, with_sem[0]), f"{config}: a graph replay differs"
 
 
 @pytest.mark.skipif(not _is_hopper(), reason="the wgmma kernel is sm_90a only")

@@ -1036,6 +1036,18 @@ __device__ __forceinline__ int ldAcquire(const int* p) {
 __device__ __forceinline__ void stRelease(int* p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+// An owner warpgroup's wait for a partner's partial: one thread polls the flag (acquire) and clears it (its only
+// reader; the semaphores stay zero between calls), then the warpgroup's barrier orders every thread's reads of the
+// partial after that acquire (CUTLASS's Barrier::wait_eq form). All 128 threads polling with ld.acquire.gpu, as
+// before, measured slower (bench/NOTES_gemm.md v28).
+__device__ __forceinline__ void waitPartial(int* flag, int tid, int cw) {
+    if (tid == 0) {
+        while (ldAcquire(flag) == 0) {
+        }
+        *flag = 0;
+    }
+    namedBarrier(2 + cw, 128);
+}
 #endif
 
 template <int T>
@@ -1169,8 +1181,7 @@ __global__ void __launch_bounds__(384, 1)
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
             for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
-                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
-                }
+                waitPartial(skFlags + 2 * p + cw, tid, cw);
                 const float4* P = reinterpret_cast<const float4*>(
                                       skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
@@ -1181,9 +1192,6 @@ __global__ void __launch_bounds__(384, 1)
                     acc[4 * q + 2] += v.z;
                     acc[4 * q + 3] += v.w;
                 }
-                // Every thread of the warpgroup has seen the flag: clear it (the semaphores stay zero between calls).
-                namedBarrier(2 + cw, 128);
-                if (tid == 0) skFlags[2 * p + cw] = 0;
             }
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
@@ -1372,8 +1380,7 @@ __global__ void __launch_bounds__(384, 1)
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
             for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
-                while (ldAcquire(skFlags + 2 * p + cw) == 0) {
-                }
+                waitPartial(skFlags + 2 * p + cw, tid, cw);
                 const float4* P =
                     reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) +
                     tid;
@@ -1385,9 +1392,6 @@ __global__ void __launch_bounds__(384, 1)
                     acc[4 * q + 2] += v.z;
                     acc[4 * q + 3] += v.w;
                 }
-                // Every thread of the warpgroup has seen the flag: clear it (the semaphores stay zero between calls).
-                namedBarrier(2 + cw, 128);
-                if (tid == 0) skFlags[2 * p + cw] = 0;
             }
         }
         if (seg + 1 < nSeg) {

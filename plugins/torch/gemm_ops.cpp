@@ -12,7 +12,7 @@
 //       semaphores=False: stream-K zeroes its flags with a memset instead; cluster=True: split-K summed across a
 //       thread-block cluster inside the GEMM instead of the workspace and reduce pass; prefetch=True: the streaming
 //       16-token tiles ask L2 for their later k-blocks before the dependency wait (block_fp8_gemm.cuh).
-// Stream-K calls outside CUDA graph capture pass the GEMM a semaphore buffer of this (device, stream), zeroed once.
+// Stream-K calls pass the GEMM semaphores (see semaphoresFor: per stream, or per captured call during graph capture).
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
 //       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster, prefetch] of the default dispatch
 //       on this device.
@@ -35,29 +35,45 @@ namespace {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The GEMM's semaphores for this device and stream (only stream-K configurations use them): zeroed once (on the
-// stream, so before the first GEMM that uses them) and left zero by every call; one buffer per stream because GEMMs
-// on different streams may overlap. Never during CUDA graph capture: a buffer made there would be zeroed only by
-// that graph and shared by every graph captured on the same stream, so captured GEMMs take the memset form (flags
-// in their own workspace). Kept for the life of the process (the map is never destroyed: no frees racing the CUDA
-// teardown at exit; 16 KB per stream ever used).
+// The GEMM's semaphores (only stream-K configurations use them; every call leaves them zero).
+//  * Outside CUDA graph capture: one buffer per (device, stream), zeroed once (on the stream, so before the first
+//    GEMM that uses it); one per stream because GEMMs on different streams may overlap.
+//  * During capture: a slice of a per-device pool that was zeroed outside any capture (made, and waited for, at the
+//    first stream-K call on that device outside capture) and is never handed out again, so every captured GEMM
+//    owns its flags: replays of different graphs on different streams never share them, and each replay leaves them
+//    zero for the next (a CUDA graph never runs concurrently with itself). With no pool yet, or the pool spent
+//    (kCaptureSlices captured stream-K GEMMs per device), captured GEMMs take the memset form (flags in their own
+//    workspace, no programmatic dependent launch).
+// Kept for the life of the process (the maps are never destroyed: no frees racing the CUDA teardown at exit; 16 KB
+// per stream ever used, 4 MB per device).
+constexpr int64_t kCaptureSlices = 256;
+
 int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemma4::BlockFp8GemmConfig& config) {
     if (config.kernel != trt_gemma4::BlockFp8GemmKernel::kWgmma || config.splits != 0) return nullptr;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
-        (void)cudaGetLastError();
-        return nullptr;
-    }
+    const bool queried = cudaStreamIsCapturing(stream, &capture) == cudaSuccess;
+    if (!queried) (void)cudaGetLastError();
     static std::mutex mu;
     static auto* buffers = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
+    static auto* pools = new std::map<int, std::pair<at::Tensor, int64_t>>();  // device -> (pool, next slice)
     const std::lock_guard<std::mutex> lock(mu);
-    const auto key = std::make_pair(static_cast<int>(device.index()), stream);
+    const int dev = static_cast<int>(device.index());
+    const auto options = at::TensorOptions().dtype(at::kInt).device(device);
+    if (!queried || capture != cudaStreamCaptureStatusNone) {
+        auto pool = pools->find(dev);
+        if (!queried || pool == pools->end() || pool->second.second >= kCaptureSlices) return nullptr;
+        return pool->second.first.data_ptr<int>() + pool->second.second++ * trt_gemma4::kBlockFp8GemmSemaphores;
+    }
+    if (pools->find(dev) == pools->end()) {
+        at::Tensor pool = at::zeros({kCaptureSlices * trt_gemma4::kBlockFp8GemmSemaphores}, options);
+        // Zero before any capture on another stream can use it.
+        TG4_CHECK(cudaStreamSynchronize(stream) == cudaSuccess, "block_fp8_gemm: zeroing the semaphore pool failed");
+        pools->emplace(dev, std::make_pair(pool, int64_t{0}));
+    }
+    const auto key = std::make_pair(dev, stream);
     auto it = buffers->find(key);
     if (it == buffers->end())
-        it = buffers
-                 ->emplace(key, at::zeros({trt_gemma4::kBlockFp8GemmSemaphores},
-                                          at::TensorOptions().dtype(at::kInt).device(device)))
-                 .first;
+        it = buffers->emplace(key, at::zeros({trt_gemma4::kBlockFp8GemmSemaphores}, options)).first;
     return it->second.data_ptr<int>();
 }
 
