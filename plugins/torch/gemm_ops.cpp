@@ -35,15 +35,16 @@ namespace {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The GEMM's semaphores (only stream-K configurations use them; every call leaves them zero).
+// The GEMM's semaphores (only stream-K configurations use them; every call leaves them zero, and a stream-K GEMM
+// touches them only after waiting for the kernel before it, so the GEMMs of one stream can share them).
 //  * Outside CUDA graph capture: one buffer per (device, stream), zeroed once (on the stream, so before the first
 //    GEMM that uses it); one per stream because GEMMs on different streams may overlap.
-//  * During capture: a slice of a per-device pool that was zeroed outside any capture (made, and waited for, at the
-//    first stream-K call on that device outside capture) and is never handed out again, so every captured GEMM
-//    owns its flags: replays of different graphs on different streams never share them, and each replay leaves them
-//    zero for the next (a CUDA graph never runs concurrently with itself). With no pool yet, or the pool spent
-//    (kCaptureSlices captured stream-K GEMMs per device), captured GEMMs take the memset form (flags in their own
-//    workspace, no programmatic dependent launch).
+//  * During capture: one slice per (capture sequence, stream) of a per-device pool that was zeroed outside any
+//    capture (made, and waited for, at the first stream-K call on that device outside capture) and is never handed
+//    to another capture: replays of different graphs on different streams never share flags, and each replay leaves
+//    them zero for the next (a CUDA graph never runs concurrently with itself). With no pool yet, or the pool spent
+//    (kCaptureSlices captures with stream-K GEMMs per device), captured GEMMs take the memset form (flags in their
+//    own workspace, launched without programmatic dependent launch: ~4 µs more, bench/NOTES_gemm.md v28).
 // Kept for the life of the process (the maps are never destroyed: no frees racing the CUDA teardown at exit; 16 KB
 // per stream ever used, 4 MB per device).
 constexpr int64_t kCaptureSlices = 256;
@@ -51,24 +52,40 @@ constexpr int64_t kCaptureSlices = 256;
 int* semaphoresFor(const at::Device& device, cudaStream_t stream, const trt_gemma4::BlockFp8GemmConfig& config) {
     if (config.kernel != trt_gemma4::BlockFp8GemmKernel::kWgmma || config.splits != 0) return nullptr;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    const bool queried = cudaStreamIsCapturing(stream, &capture) == cudaSuccess;
-    if (!queried) (void)cudaGetLastError();
+    unsigned long long captureId = 0;
+    if (cudaStreamGetCaptureInfo(stream, &capture, &captureId) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
+    struct Pool {
+        at::Tensor flags;
+        int64_t used = 0;
+        std::map<std::pair<unsigned long long, cudaStream_t>, int*> slices;  // (capture sequence, stream) -> slice
+    };
     static std::mutex mu;
     static auto* buffers = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
-    static auto* pools = new std::map<int, std::pair<at::Tensor, int64_t>>();  // device -> (pool, next slice)
+    static auto* pools = new std::map<int, Pool>();
     const std::lock_guard<std::mutex> lock(mu);
     const int dev = static_cast<int>(device.index());
     const auto options = at::TensorOptions().dtype(at::kInt).device(device);
-    if (!queried || capture != cudaStreamCaptureStatusNone) {
+    if (capture != cudaStreamCaptureStatusNone) {
         auto pool = pools->find(dev);
-        if (!queried || pool == pools->end() || pool->second.second >= kCaptureSlices) return nullptr;
-        return pool->second.first.data_ptr<int>() + pool->second.second++ * trt_gemma4::kBlockFp8GemmSemaphores;
+        if (capture != cudaStreamCaptureStatusActive || pool == pools->end()) return nullptr;
+        Pool& p = pool->second;
+        const auto key = std::make_pair(captureId, stream);
+        auto slice = p.slices.find(key);
+        if (slice != p.slices.end()) return slice->second;
+        if (p.used >= kCaptureSlices) return nullptr;
+        int* flags = p.flags.data_ptr<int>() + p.used++ * trt_gemma4::kBlockFp8GemmSemaphores;
+        p.slices.emplace(key, flags);
+        return flags;
     }
     if (pools->find(dev) == pools->end()) {
-        at::Tensor pool = at::zeros({kCaptureSlices * trt_gemma4::kBlockFp8GemmSemaphores}, options);
+        Pool p;
+        p.flags = at::zeros({kCaptureSlices * trt_gemma4::kBlockFp8GemmSemaphores}, options);
         // Zero before any capture on another stream can use it.
         TG4_CHECK(cudaStreamSynchronize(stream) == cudaSuccess, "block_fp8_gemm: zeroing the semaphore pool failed");
-        pools->emplace(dev, std::make_pair(pool, int64_t{0}));
+        pools->emplace(dev, std::move(p));
     }
     const auto key = std::make_pair(dev, stream);
     auto it = buffers->find(key);
