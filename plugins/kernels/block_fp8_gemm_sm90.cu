@@ -144,7 +144,6 @@ __device__ __forceinline__ void namedBarrierArrive(int id, int threads) {
 // finish their batches together and leave the tensor pipe idle while both do their FP32 work.
 constexpr int kTurn0 = 4, kTurn1 = 5;
 constexpr int kProducerPark = 6;  // cluster split-K: the producer warpgroup waits here for the epilogue
-constexpr int kPublish0 = 7;      // token-tile stream-K: consumer warpgroup cw's partial is stored (kPublish0 + cw)
 __device__ __forceinline__ void waitTurn(int cw) { namedBarrier(cw == 0 ? kTurn0 : kTurn1, 256); }
 __device__ __forceinline__ void passTurn(int cw) { namedBarrierArrive(cw == 0 ? kTurn1 : kTurn0, 256); }
 
@@ -1292,23 +1291,6 @@ __global__ void __launch_bounds__(384, 1)
                 }
                 if (pass == 0) waitForPrerequisite();
             }
-        } else if (threadIdx.x >> 5 == 1 && nSeg > 0 && !(TRT_GEMMA4_SOL & 8)) {
-            // ---- warp 1: raises the flags of this CTA's published piece (its first, if that does not end its tile)
-            // once each consumer warpgroup has stored its part (bar.arrive there, bar.sync here), so that the
-            // consumers never wait on the fence that makes the partial visible GPU-wide before the flag ----
-            int tile, kb0, kb1;
-            segment(0, tile, kb0, kb1);
-            if (kb1 < kBlocks) {
-                waitForPrerequisite();  // the flags may still be the previous stream-K GEMM's
-#pragma unroll 1
-                for (int w = 0; w < 2; ++w) {
-                    namedBarrier(kPublish0 + w, 160);
-                    if (threadIdx.x == 32) {
-                        __threadfence();
-                        stRelease(skFlags + 2 * cta + w, 1);
-                    }
-                }
-            }
         }
         allowDependents();
         return;
@@ -1382,12 +1364,15 @@ __global__ void __launch_bounds__(384, 1)
             if (TRT_GEMMA4_SOL & 8) continue;  // (probe 8: no fix-up, wrong results)
             // Not the tile's last piece (only ever this CTA's first): publish it for the owner, [r / 4][tid][4] (one
             // coalesced 16-byte store per 4 values, read back by the same thread index).
-            float4* P =
-                reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
+            float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
             for (int q = 0; q < T / 8; ++q)
                 __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-            namedBarrierArrive(kPublish0 + cw, 160);  // warp 1 of the producer warpgroup raises the flag
+            namedBarrier(2 + cw, 128);
+            if (tid == 0) {
+                __threadfence();
+                stRelease(skFlags + 2 * cta + cw, 1);
+            }
             continue;
         }
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & 8)) {
