@@ -1165,6 +1165,12 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
             if (fewRows) h.tile = 64;
             if ((fewRows || (kBlocks <= 32 && (c.tile <= 64 || c.splits >= 4))) && tryHalf(h)) return h;
         }
+        // Stream-K over the token tiles where the 128-row tiles fill more than half of the SMs but neither a split nor
+        // 64-row tiles fit one wave (N = 8704: 68 tiles, 136 CTAs split or halved, on 132 SMs): every SM takes an
+        // even share of all tiles' k-blocks. H200, graph replay, same calls (bench/NOTES_gemm.md v28), µs: qkv_global
+        // M = 17 / 33 / 64 / 96 / 128 17.7 / 19.5 / 19.6 / 26.7 / 26.9 -> 16.4 / 17.9 / 18.3 / 23.3 / 23.7.
+        const long long ctas = static_cast<long long>(tilesN) * ceilDiv(M, c.tile);
+        if (M > 16 && c.splits == 1 && 2 * ctas > sms && ctas < sms && kBlocks >= 16) c.splits = 0;
         return c;
     }
     // Stream-K (whole tiles for all but the last one to two rounds, then k-block pieces) where a data-parallel walk
@@ -1176,7 +1182,10 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     const long long tiles256 = static_cast<long long>(tilesN) * ceilDiv(M, 256);
     const long long lastRound = tiles256 % sms;
     if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
-        c.tile = 256;
+        // Up to M = 384 on the token tiles' stream-K (128 tokens): H200, same calls as above, qkv_global M = 192 /
+        // 256 / 384 41.1-41.4 / 39.7-40.0 / 60.0-60.2 µs on the persistent kernel's -> 34.9-35.8 / 36.1-37.5 /
+        // 52.0-53.2.
+        c.tile = M <= 384 ? 128 : 256;
         c.splits = 0;
         return c;
     }
