@@ -1167,8 +1167,10 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
         }
         // Stream-K over the token tiles where the 128-row tiles fill more than half of the SMs but neither a split nor
         // 64-row tiles fit one wave (N = 8704: 68 tiles, 136 CTAs split or halved, on 132 SMs): every SM takes an
-        // even share of all tiles' k-blocks. H200, graph replay, same calls (bench/NOTES_gemm.md v28), µs: qkv_global
-        // M = 17 / 33 / 64 / 96 / 128 17.7 / 19.5 / 19.6 / 26.7 / 26.9 -> 16.4 / 17.9 / 18.3 / 23.3 / 23.7.
+        // even share of all tiles' k-blocks. Same-call A/B against the data-parallel tiles, graph replay, µs
+        // (bench/NOTES_gemm.md v28): qkv_global M = 17 / 33 / 64 / 96 / 128, H200 17.7 / 19.6 / 19.7 / 26.8 / 26.9
+        // -> 16.3 / 17.9 / 18.2 / 23.3 / 23.7, H100 18.6-18.8 / 20.0-20.3 / 20.1-20.5 / 27.0-27.1 / 27.1-27.3 ->
+        // 18.7-18.8 / 19.1-19.3 / 19.7-19.8 / 23.9-24.1 / 24.8-24.9.
         const long long ctas = static_cast<long long>(tilesN) * ceilDiv(M, c.tile);
         if (M > 16 && c.splits == 1 && 2 * ctas > sms && ctas < sms && kBlocks >= 16) c.splits = 0;
         return c;
@@ -1182,9 +1184,10 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     const long long tiles256 = static_cast<long long>(tilesN) * ceilDiv(M, 256);
     const long long lastRound = tiles256 % sms;
     if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
-        // Up to M = 384 on the token tiles' stream-K (128 tokens): H200, same calls as above, qkv_global M = 192 /
-        // 256 / 384 41.1-41.4 / 39.7-40.0 / 60.0-60.2 µs on the persistent kernel's -> 34.9-35.8 / 36.1-37.5 /
-        // 52.0-53.2.
+        // Up to M = 384 on the token tiles' stream-K (128 tokens): qkv_global M = 192 / 256 / 384, µs, H200 (both
+        // forms in one process) 41.1-41.4 / 39.7-40.0 / 60.0-60.2 on the persistent kernel's -> 34.9-35.8 / 36.1-37.5 /
+        // 52.0-53.2; H100 (against the previous dispatch) 49.2-49.7 / 44.9-45.2 / 63.0-63.7 -> 36.4-36.5 / 36.8-36.9 /
+        // 52.9-53.3.
         c.tile = M <= 384 ? 128 : 256;
         c.splits = 0;
         return c;

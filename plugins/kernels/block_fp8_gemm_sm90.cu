@@ -1038,8 +1038,8 @@ __device__ __forceinline__ void stRelease(int* p, int v) {
 }
 // An owner warpgroup's wait for a partner's partial: one thread polls the flag (acquire) and clears it (its only
 // reader; the semaphores stay zero between calls), then the warpgroup's barrier orders every thread's reads of the
-// partial after that acquire (CUTLASS's Barrier::wait_eq form). All 128 threads polling with ld.acquire.gpu, as
-// before, measured slower (bench/NOTES_gemm.md v28).
+// partial after that acquire (CUTLASS's Barrier::wait_eq form) instead of all 128 threads polling with
+// ld.acquire.gpu (the earlier form; the two were not timed apart: bench/NOTES_gemm.md v28).
 __device__ __forceinline__ void waitPartial(int* flag, int tid, int cw) {
     if (tid == 0) {
         while (ldAcquire(flag) == 0) {
