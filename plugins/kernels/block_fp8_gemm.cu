@@ -1185,8 +1185,8 @@ BlockFp8GemmConfig wgmmaConfig(int M, int N, int K, int sms) {
     const long long lastRound = tiles256 % sms;
     if (2 * tiles256 >= sms && tiles256 < 8ll * sms && lastRound != 0 && 10 * lastRound <= 6ll * sms) {
         // Up to M = 384 on the token tiles' stream-K (128 tokens): qkv_global M = 192 / 256 / 384, µs, H200 (both
-        // forms in one process) 41.1-41.4 / 39.7-40.0 / 60.0-60.2 on the persistent kernel's -> 34.9-35.8 / 36.1-37.5 /
-        // 52.0-53.2; H100 (against the previous dispatch) 49.2-49.7 / 44.9-45.2 / 63.0-63.7 -> 36.4-36.5 / 36.8-36.9 /
+        // forms in one process) 41.3-41.4 / 39.7-40.0 / 60.1-60.2 on the persistent kernel's -> 35.6-35.8 / 36.7-37.5 /
+        // 53.1-53.2; H100 (against the previous dispatch) 49.2-49.7 / 44.9-45.2 / 63.0-63.7 -> 36.4-36.5 / 36.8-36.9 /
         // 52.9-53.3.
         c.tile = M <= 384 ? 128 : 256;
         c.splits = 0;
