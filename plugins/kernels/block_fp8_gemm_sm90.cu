@@ -71,7 +71,8 @@ namespace {
 // rescale, bit 8 both stream-K kernels' fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
 // by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
 // token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
-// and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26).
+// and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26); token-tile stream-K only
+// (v28): bit 256 skips the owners' waits and partial reads, bit 512 only their reads, bit 1024 the partials' stores.
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
 #endif
@@ -1367,7 +1368,8 @@ __global__ void __launch_bounds__(384, 1)
             float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
 #pragma unroll
             for (int q = 0; q < T / 8; ++q)
-                __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+                if (!(TRT_GEMMA4_SOL & 1024))  // (probe 1024: the flag without the partial, wrong results)
+                    __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
             namedBarrier(2 + cw, 128);
             if (tid == 0) {
                 __threadfence();
@@ -1375,12 +1377,13 @@ __global__ void __launch_bounds__(384, 1)
             }
             continue;
         }
-        if (kb0 > 0 && !(TRT_GEMMA4_SOL & 8)) {
+        if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
             for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
                 waitPartial(skFlags + 2 * p + cw, tid, cw);
+                if (TRT_GEMMA4_SOL & 512) continue;  // (probe 512: the waits without reading the partials)
                 const float4* P =
                     reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) +
                     tid;
