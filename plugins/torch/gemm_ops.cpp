@@ -12,7 +12,7 @@
 //       semaphores=False: stream-K zeroes its flags with a memset instead; cluster=True: split-K summed across a
 //       thread-block cluster inside the GEMM instead of the workspace and reduce pass; prefetch=True: the streaming
 //       16-token tiles ask L2 for their later k-blocks before the dependency wait (block_fp8_gemm.cuh).
-// Stream-K calls pass the GEMM semaphores (see semaphoresFor: per stream, or per captured call during graph capture).
+// Stream-K calls pass the GEMM semaphores (see semaphoresFor: per stream; in graph capture per capture and stream).
 //   trt_gemma4::block_fp8_gemm_default_config(int M, int N, int K) -> int[]
 //       [kernel, tile, row_groups, warps, splits, depth, prefers_dequant, cluster, prefetch] of the default dispatch
 //       on this device.
@@ -42,9 +42,10 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 //  * During capture: one slice per (capture sequence, stream) of a per-device pool that was zeroed outside any
 //    capture (made, and waited for, at the first stream-K call on that device outside capture) and is never handed
 //    to another capture: replays of different graphs on different streams never share flags, and each replay leaves
-//    them zero for the next (a CUDA graph never runs concurrently with itself). With no pool yet, or the pool spent
-//    (kCaptureSlices captures with stream-K GEMMs per device), captured GEMMs take the memset form (flags in their
-//    own workspace, launched without programmatic dependent launch: ~4 µs more, bench/NOTES_gemm.md v28).
+//    them zero for the next (the launches of an instantiated graph are ordered, and torch's CUDAGraph instantiates
+//    each capture once). With no pool yet, or the pool spent (kCaptureSlices captures with stream-K GEMMs per
+//    device), captured GEMMs take the memset form (flags in their own workspace, launched without programmatic
+//    dependent launch: ~4 µs more, bench/NOTES_gemm.md v28).
 // Kept for the life of the process (the maps are never destroyed: no frees racing the CUDA teardown at exit; 16 KB
 // per stream ever used, 4 MB per device).
 constexpr int64_t kCaptureSlices = 256;
