@@ -71,7 +71,7 @@ namespace {
 // rescale, bit 8 both stream-K kernels' fix-up of cut tiles (partials, flags, waits), bit 16 replaces the conversion
 // by the hardware one (cvt.rn.f16x2.e4m3x2 from 16-bit loads; bench/NOTES_gemm.md v21: why that is not a kernel);
 // token-tile kernel only: bit 32 skips the activation (token tile) loads, bit 64 the cluster split-K epilogue's sums
-// and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26); token-tile stream-K only
+// and stores (bench/NOTES_gemm.md v24), bit 128 loads half of each activation k-block (v26); both stream-K kernels
 // (v28): bit 256 skips the owners' waits and partial reads, bit 512 only their reads, bit 1024 the partials' stores.
 #ifndef TRT_GEMMA4_SOL
 #define TRT_GEMMA4_SOL 0
@@ -1049,6 +1049,39 @@ __device__ __forceinline__ void waitPartial(int* flag, int tid, int cw) {
     }
     namedBarrier(2 + cw, 128);
 }
+// A piece that does not end its tile (only ever a CTA's first): warpgroup cw's FP32 partial as [r / 4][tid][4] (one
+// coalesced 16-byte store per 4 values, read back by the same thread index on the owner's side), then its flag.
+template <int T>
+__device__ __forceinline__ void publishPartial(const float (&acc)[T / 2], float* __restrict__ skPartial,
+                                               int* __restrict__ skFlags, int cta, int cw, int tid) {
+    float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
+#pragma unroll
+    for (int q = 0; q < T / 8; ++q)
+        if (!(TRT_GEMMA4_SOL & 1024))  // (probe 1024: the flag without the partial, wrong results)
+            __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+    namedBarrier(2 + cw, 128);
+    if (tid == 0) {
+        __threadfence();
+        stRelease(skFlags + 2 * cta + cw, 1);
+    }
+}
+// The owner's side: acc += CTA p's partial of warpgroup cw, once its flag is up.
+template <int T>
+__device__ __forceinline__ void addPartial(float (&acc)[T / 2], const float* __restrict__ skPartial,
+                                           int* __restrict__ skFlags, int p, int cw, int tid) {
+    waitPartial(skFlags + 2 * p + cw, tid, cw);
+    if (TRT_GEMMA4_SOL & 512) return;  // (probe 512: the waits without reading the partials)
+    const float4* P =
+        reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
+#pragma unroll
+    for (int q = 0; q < T / 8; ++q) {
+        const float4 v = __ldcg(P + q * 128);
+        acc[4 * q] += v.x;
+        acc[4 * q + 1] += v.y;
+        acc[4 * q + 2] += v.z;
+        acc[4 * q + 3] += v.w;
+    }
+}
 #endif
 
 template <int T>
@@ -1161,39 +1194,17 @@ __global__ void __launch_bounds__(384, 1)
         for (int r = 0; r < T / 2; ++r) acc[r] *= unit;  // true partial sums from here on
         if (kb1 < kBlocks) {
             if (TRT_GEMMA4_SOL & 8) return;  // (probe 8: no fix-up, wrong results)
-            // Not the tile's last piece (only ever this CTA's first stream-K segment): publish the partial for the
-            // tile's owner. Layout [r / 4][tid][4]: one coalesced 16-byte store per 4 values (and one 16-byte load
-            // per 4 on the owner's side).
-            float4* P =
-                reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
-#pragma unroll
-            for (int q = 0; q < T / 8; ++q)
-                __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-            namedBarrier(2 + cw, 128);
-            if (tid == 0) {
-                __threadfence();
-                stRelease(skFlags + 2 * cta + cw, 1);
-            }
+            // Not the tile's last piece (only ever this CTA's first stream-K segment): publish it for the owner.
+            publishPartial<T>(acc, skPartial, skFlags, cta, cw, tid);
             return;
         }
-        if (kb0 > 0 && !(TRT_GEMMA4_SOL & 8)) {
+        if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last segment): add the partials of the LOWER-index CTAs that took
             // its earlier k-blocks, nearest first.
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
-            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
-                waitPartial(skFlags + 2 * p + cw, tid, cw);
-                const float4* P = reinterpret_cast<const float4*>(
-                                      skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
-#pragma unroll
-                for (int q = 0; q < T / 8; ++q) {
-                    const float4 v = __ldcg(P + q * 128);
-                    acc[4 * q] += v.x;
-                    acc[4 * q + 1] += v.y;
-                    acc[4 * q + 2] += v.z;
-                    acc[4 * q + 3] += v.w;
-                }
-            }
+            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
+                addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
@@ -1363,39 +1374,16 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (kb1 < kBlocks) {
             if (TRT_GEMMA4_SOL & 8) continue;  // (probe 8: no fix-up, wrong results)
-            // Not the tile's last piece (only ever this CTA's first): publish it for the owner, [r / 4][tid][4] (one
-            // coalesced 16-byte store per 4 values, read back by the same thread index).
-            float4* P = reinterpret_cast<float4*>(skPartial + (static_cast<size_t>(cta) * 2 + cw) * (T / 2) * 128) + tid;
-#pragma unroll
-            for (int q = 0; q < T / 8; ++q)
-                if (!(TRT_GEMMA4_SOL & 1024))  // (probe 1024: the flag without the partial, wrong results)
-                    __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-            namedBarrier(2 + cw, 128);
-            if (tid == 0) {
-                __threadfence();
-                stRelease(skFlags + 2 * cta + cw, 1);
-            }
+            // Not the tile's last piece (only ever this CTA's first): publish it for the owner.
+            publishPartial<T>(acc, skPartial, skFlags, cta, cw, tid);
             continue;
         }
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
             const long long tileStart = static_cast<long long>(tile) * kBlocks;
 #pragma unroll 1
-            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p) {
-                waitPartial(skFlags + 2 * p + cw, tid, cw);
-                if (TRT_GEMMA4_SOL & 512) continue;  // (probe 512: the waits without reading the partials)
-                const float4* P =
-                    reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) +
-                    tid;
-#pragma unroll
-                for (int q = 0; q < T / 8; ++q) {
-                    const float4 v = __ldcg(P + q * 128);
-                    acc[4 * q] += v.x;
-                    acc[4 * q + 1] += v.y;
-                    acc[4 * q + 2] += v.z;
-                    acc[4 * q + 3] += v.w;
-                }
-            }
+            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
+                addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
         }
         if (seg + 1 < nSeg) {
             storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + feat, m0 + 2 * t);  // a whole tile: the ring is busy
@@ -1495,6 +1483,17 @@ cudaError_t launchWide(const void* X, const uint8_t* W, const float* S, void* Y,
                   static_cast<__nv_bfloat16*>(Y), M, N, K, tilesN, tilesT, tailRows);
 }
 
+// A stream-K launch's flags and partials in `workspace` (streamKBytes(grid, T) bytes). Flags: the caller's semaphores
+// (zero, and left zero: each owner resets the flags it consumed), so the launch keeps PDL (`own`); else the
+// workspace's flag area, zeroed here, and a plain launch (the memset must be complete before any CTA can set a flag).
+cudaError_t streamKFlags(void* workspace, int* sem, int grid, cudaStream_t stream, int*& flags, float*& partials,
+                         bool& own) {
+    partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
+    own = sem != nullptr && 2 * grid <= kBlockFp8GemmSemaphores;
+    flags = own ? sem : static_cast<int*>(workspace);
+    return own ? cudaSuccess : cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
+}
+
 // The stream-K kernel with T tokens per tile; workspace holds streamKBytes(grid, T) bytes.
 template <int T>
 cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void* Y, void* workspace, int* sem, int M,
@@ -1511,17 +1510,11 @@ cudaError_t launchStreamK(const void* X, const uint8_t* W, const float* S, void*
     if (tiles * kBlocks > 2147483647ll) return cudaErrorInvalidValue;
     // One CTA per SM, never more CTAs than k-blocks in all.
     const int grid = static_cast<int>(std::min<long long>(tiles * kBlocks, smCount()));
-    float* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
-    // Flags: the caller's semaphores (zero, and left zero: each owner resets the flags it consumed), so the launch
-    // keeps PDL; else the workspace's flag area, zeroed here, and a plain launch (the memset must be complete before
-    // any CTA can set a flag).
-    const bool own = sem != nullptr && 2 * grid <= kBlockFp8GemmSemaphores;
-    int* flags = own ? sem : static_cast<int*>(workspace);
-    cudaError_t err = cudaSuccess;
-    if (!own) {
-        err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
-        if (err != cudaSuccess) return err;
-    }
+    int* flags;
+    float* partials;
+    bool own;
+    cudaError_t err = streamKFlags(workspace, sem, grid, stream, flags, partials, own);
+    if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(wgmmaStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                PersistShape<T>::SMEM);
     if (err != cudaSuccess) return err;
@@ -1545,15 +1538,11 @@ cudaError_t launchTokStreamK(const void* X, const uint8_t* W, const float* S, vo
     if (units > 2147483647ll) return cudaErrorInvalidValue;
     // One CTA per SM, never more CTAs than k-blocks in all.
     const int grid = static_cast<int>(std::min<long long>(units, smCount()));
-    float* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + streamKFlagBytes(grid));
-    // Flags: as launchStreamK (the caller's semaphores and PDL, else zeroed here and a plain launch).
-    const bool own = sem != nullptr && 2 * grid <= kBlockFp8GemmSemaphores;
-    int* flags = own ? sem : static_cast<int*>(workspace);
-    cudaError_t err = cudaSuccess;
-    if (!own) {
-        err = cudaMemsetAsync(flags, 0, static_cast<size_t>(grid) * 2 * sizeof(int), stream);
-        if (err != cudaSuccess) return err;
-    }
+    int* flags;
+    float* partials;
+    bool own;
+    cudaError_t err = streamKFlags(workspace, sem, grid, stream, flags, partials, own);
+    if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(wgmmaTokStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
     return launchEx(own && usePdl(), wgmmaTokStreamKKernel<T>, dim3(grid), 384, Sh::SMEM, stream, tmW, tmX, tmXTail,
