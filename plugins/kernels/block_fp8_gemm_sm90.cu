@@ -57,8 +57,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 namespace trt_gemma4 {
 namespace detail {
@@ -1242,7 +1240,7 @@ __global__ void __launch_bounds__(384, 1)
     wgmmaTokStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
                           const __grid_constant__ CUtensorMap tmXTail, const float* __restrict__ S,
                           __nv_bfloat16* __restrict__ Y, int* __restrict__ skFlags, float* __restrict__ skPartial,
-                          int M, int N, int K, int tilesN, int tilesT, int tailRows, int shiftL, int shiftR) {
+                          int M, int N, int K, int tilesN, int tilesT, int tailRows) {
 #ifdef TRT_GEMMA4_SM90A_DEVICE
     using Sh = WgShape<T, false>;
     constexpr int STAGES = Sh::STAGES;
@@ -1254,17 +1252,7 @@ __global__ void __launch_bounds__(384, 1)
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
     const long long units = static_cast<long long>(tilesN) * tilesT * kBlocks;
     const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
-    auto evenStart = [&](int c) { return units * c / G; };
-    // A CTA whose even share lies inside one tile, touching neither edge (a middle piece), publishes it only when it
-    // ends, and its tile's owner waits for it; such CTAs give shiftL units to the CTA before and shiftR to the one after.
-    auto middle = [&](int c) {
-        const long long a = evenStart(c), b = evenStart(c + 1);
-        return a % kBlocks != 0 && b % kBlocks != 0 && a / kBlocks == b / kBlocks;
-    };
-    auto unitStart = [&](int c) -> long long {
-        if (c <= 0 || c >= G) return c <= 0 ? 0 : units;
-        return evenStart(c) + (middle(c) ? shiftL : 0) - (middle(c - 1) ? shiftR : 0);
-    };
+    auto unitStart = [&](int c) { return units * c / G; };
     const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
     const int stages = static_cast<int>(u1 - u0);  // this CTA's k-blocks: one ring stage each
     const int lastTile = stages > 0 ? static_cast<int>((u1 - 1) / kBlocks) : 0;
@@ -1557,12 +1545,8 @@ cudaError_t launchTokStreamK(const void* X, const uint8_t* W, const float* S, vo
     if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(wgmmaTokStreamKKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, Sh::SMEM);
     if (err != cudaSuccess) return err;
-    int shiftL = 0, shiftR = 0;
-    if (const char* e = std::getenv("TRT_GEMMA4_PROBE_SKSHIFT")) std::sscanf(e, "%d,%d", &shiftL, &shiftR);
-    if (shiftL < 0 || shiftR < 0 || units / grid <= shiftL + shiftR + 1) shiftL = shiftR = 0;
     return launchEx(own && usePdl(), wgmmaTokStreamKKernel<T>, dim3(grid), 384, Sh::SMEM, stream, tmW, tmX, tmXTail,
-                    S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows, shiftL,
-                    shiftR);
+                    S, static_cast<__nv_bfloat16*>(Y), flags, partials, M, N, K, tilesN, tilesT, tailRows);
 }
 
 template <int T, bool HALF, bool CLU = false>
