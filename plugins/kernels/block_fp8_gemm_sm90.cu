@@ -1084,6 +1084,15 @@ __device__ __forceinline__ void addPartial(float (&acc)[T / 2], const float* __r
 }
 #endif
 
+// U c / G for c = 0..G in 32-bit arithmetic: U c / G = q c + (r c) / G with U = q G + r (the launchers keep U below
+// 2^31, and r c < G^2 with G at most the SM count), so neither the CTAs' start-up nor an owner's walk over its
+// partners runs the GPU's 64-bit division routine.
+struct EvenSplit {
+    int q, r, g;
+    __device__ __forceinline__ EvenSplit(int units, int parts) : q(units / parts), r(units % parts), g(parts) {}
+    __device__ __forceinline__ int operator()(int c) const { return q * c + r * c / g; }
+};
+
 template <int T>
 __global__ void __launch_bounds__(384, 1)
     wgmmaStreamKKernel(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX,
@@ -1108,9 +1117,9 @@ __global__ void __launch_bounds__(384, 1)
     // walk keeps the grouped order's L2 locality), then the pieces of the unit range [unitStart(cta),
     // unitStart(cta + 1)) over the remaining tiles' k-blocks.
     const int dpRounds = max(0, tiles / G - 1);
-    const long long skBase = static_cast<long long>(dpRounds) * G * kBlocks;
-    const long long skUnits = static_cast<long long>(tiles) * kBlocks - skBase;
-    auto unitStart = [&](int c) { return skBase + skUnits * c / G; };
+    const int skBase = dpRounds * G * kBlocks;
+    const EvenSplit skSplit(tiles * kBlocks - skBase, G);
+    auto unitStart = [&](int c) { return skBase + skSplit(c); };
     auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
         if (i < dpRounds) {
             tile = cta + i * G;
@@ -1119,11 +1128,11 @@ __global__ void __launch_bounds__(384, 1)
             return tile < tiles;
         }
         // Stream-K pieces from the END of the range backwards: the last tile's head first, the first tile's tail last.
-        const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
-        tile = static_cast<int>((u1 - 1) / kBlocks) - (i - dpRounds);
-        const long long t0 = static_cast<long long>(tile) * kBlocks;
-        kb0 = static_cast<int>(max(0ll, u0 - t0));
-        kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
+        const int u0 = unitStart(cta), u1 = unitStart(cta + 1);
+        tile = (u1 - 1) / kBlocks - (i - dpRounds);
+        const int t0 = tile * kBlocks;
+        kb0 = max(0, u0 - t0);
+        kb1 = min(kBlocks, u1 - t0);
         return t0 + kBlocks > u0;
     };
 
@@ -1201,7 +1210,7 @@ __global__ void __launch_bounds__(384, 1)
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last segment): add the partials of the LOWER-index CTAs that took
             // its earlier k-blocks, nearest first.
-            const long long tileStart = static_cast<long long>(tile) * kBlocks;
+            const int tileStart = tile * kBlocks;
 #pragma unroll 1
             for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
                 addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
@@ -1250,19 +1259,18 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t fullBar = sbase + Sh::BARS;
     const uint32_t emptyBar = fullBar + 8 * STAGES;
     const int kBlocks = (K + kKBlock - 1) / kKBlock;
-    const long long units = static_cast<long long>(tilesN) * tilesT * kBlocks;
     const int G = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
-    auto unitStart = [&](int c) { return units * c / G; };
-    const long long u0 = unitStart(cta), u1 = unitStart(cta + 1);
-    const int stages = static_cast<int>(u1 - u0);  // this CTA's k-blocks: one ring stage each
-    const int lastTile = stages > 0 ? static_cast<int>((u1 - 1) / kBlocks) : 0;
-    const int nSeg = stages > 0 ? lastTile - static_cast<int>(u0 / kBlocks) + 1 : 0;
+    const EvenSplit unitStart(tilesN * tilesT * kBlocks, G);
+    const int u0 = unitStart(cta), u1 = unitStart(cta + 1);
+    const int stages = u1 - u0;  // this CTA's k-blocks: one ring stage each
+    const int lastTile = stages > 0 ? (u1 - 1) / kBlocks : 0;
+    const int nSeg = stages > 0 ? lastTile - u0 / kBlocks + 1 : 0;
     // Piece i (0 = the last tile's head): k-blocks [kb0, kb1) of `tile`.
     auto segment = [&](int i, int& tile, int& kb0, int& kb1) {
         tile = lastTile - i;
-        const long long t0 = static_cast<long long>(tile) * kBlocks;
-        kb0 = static_cast<int>(max(0ll, u0 - t0));
-        kb1 = static_cast<int>(min(static_cast<long long>(kBlocks), u1 - t0));
+        const int t0 = tile * kBlocks;
+        kb0 = max(0, u0 - t0);
+        kb1 = min(kBlocks, u1 - t0);
     };
 
     initStageBarriers(fullBar, emptyBar, STAGES);
@@ -1380,7 +1388,7 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
-            const long long tileStart = static_cast<long long>(tile) * kBlocks;
+            const int tileStart = tile * kBlocks;
 #pragma unroll 1
             for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
                 addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
