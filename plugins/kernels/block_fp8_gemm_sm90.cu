@@ -332,11 +332,6 @@ __device__ __forceinline__ uint8_t* alignedSmem(uint8_t* raw) {
 // them whole. Returns the tile's first weight row and first token.
 __device__ __forceinline__ void groupedTileOrigin(int tile, int tilesN, int tilesT, int tokensPerTile, int& n0,
                                                   int& m0, int rowsPerTile = kRows) {
-    if (tilesT == 1) {  // one token tile (M <= T): the order below is tile i = row tile i, without its three divisions
-        n0 = tile * rowsPerTile;
-        m0 = 0;
-        return;
-    }
     constexpr int kGroupN = 8;
     const int perGroup = kGroupN * tilesT;
     const int group = tile / perGroup;
@@ -365,12 +360,6 @@ __device__ __forceinline__ void initStageBarriers(uint32_t fullBar, uint32_t emp
     __syncthreads();
 }
 
-// The weight map's descriptor, asked for first thing in a CTA (thread 0), so that its fetch overlaps the barrier set-up
-// instead of delaying the first weight TMA behind it.
-__device__ __forceinline__ void prefetchWeightMap(const CUtensorMap* w) {
-    if (threadIdx.x == 0) asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(w)) : "memory");
-}
-
 __device__ __forceinline__ void prefetchTensorMaps(const CUtensorMap* a, const CUtensorMap* b,
                                                    const CUtensorMap* c = nullptr) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(a)) : "memory");
@@ -397,7 +386,6 @@ __global__ void __launch_bounds__(384, 1)
     constexpr int KSTEP = HALF ? 2 : 1;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = alignedSmem(smemRaw);
-    prefetchWeightMap(&tmW);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;  // full[s] at fullBar + 8 s, empty[s] at emptyBar + 8 s
     const uint32_t emptyBar = fullBar + 8 * STAGES;
@@ -923,7 +911,6 @@ __global__ void __launch_bounds__(384, 1)
     constexpr int STAGES = Sh::STAGES;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = alignedSmem(smemRaw);
-    prefetchWeightMap(&tmW);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;
     const uint32_t emptyBar = fullBar + 8 * STAGES;
@@ -1117,7 +1104,6 @@ __global__ void __launch_bounds__(384, 1)
     constexpr int STAGES = Sh::STAGES;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = alignedSmem(smemRaw);
-    prefetchWeightMap(&tmW);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;
     const uint32_t emptyBar = fullBar + 8 * STAGES;
@@ -1269,7 +1255,6 @@ __global__ void __launch_bounds__(384, 1)
     constexpr int STAGES = Sh::STAGES;
     extern __shared__ uint8_t smemRaw[];
     uint8_t* smem = alignedSmem(smemRaw);
-    prefetchWeightMap(&tmW);
     const uint32_t sbase = smemAddr(smem);
     const uint32_t fullBar = sbase + Sh::BARS;
     const uint32_t emptyBar = fullBar + 8 * STAGES;
