@@ -1082,6 +1082,50 @@ __device__ __forceinline__ void addPartial(float (&acc)[T / 2], const float* __r
         acc[4 * q + 3] += v.w;
     }
 }
+// The token tiles' owner: acc += the partials of its nParts partners p = pNear, pNear - 1, ... (nearest first, the
+// order addPartial's callers take). Each partner's flag is polled by a thread of its own, so the warpgroup waits one
+// round trip to L2 for all of them instead of one per partner, and the partials are read two at a time (their loads
+// in flight together); each element takes the same additions in the same order as partner by partner: the same bits.
+template <int T>
+__device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __restrict__ skPartial,
+                                            int* __restrict__ skFlags, int pNear, int nParts, int cw, int tid) {
+#pragma unroll 1
+    for (int i = tid; i < nParts; i += 128) {
+        int* flag = skFlags + 2 * (pNear - i) + cw;
+        while (ldAcquire(flag) == 0) {
+        }
+        *flag = 0;
+    }
+    namedBarrier(2 + cw, 128);
+    if (TRT_GEMMA4_SOL & 512) return;  // (probe 512: the waits without reading the partials)
+    auto part = [&](int p) {
+        return reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
+    };
+#pragma unroll 1
+    for (int i = 0; i < nParts; i += 2) {
+        const float4* P = part(pNear - i);
+        if (i + 1 < nParts) {
+            const float4* Q = part(pNear - i - 1);
+#pragma unroll
+            for (int q = 0; q < T / 8; ++q) {
+                const float4 v = __ldcg(P + q * 128), w = __ldcg(Q + q * 128);
+                acc[4 * q] = (acc[4 * q] + v.x) + w.x;
+                acc[4 * q + 1] = (acc[4 * q + 1] + v.y) + w.y;
+                acc[4 * q + 2] = (acc[4 * q + 2] + v.z) + w.z;
+                acc[4 * q + 3] = (acc[4 * q + 3] + v.w) + w.w;
+            }
+        } else {
+#pragma unroll
+            for (int q = 0; q < T / 8; ++q) {
+                const float4 v = __ldcg(P + q * 128);
+                acc[4 * q] += v.x;
+                acc[4 * q + 1] += v.y;
+                acc[4 * q + 2] += v.z;
+                acc[4 * q + 3] += v.w;
+            }
+        }
+    }
+}
 #endif
 
 // U c / G for c = 0..G in 32-bit arithmetic: U c / G = q c + (r c) / G with U = q G + r (the launchers keep U below
@@ -1389,9 +1433,9 @@ __global__ void __launch_bounds__(384, 1)
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
             const int tileStart = tile * kBlocks;
-#pragma unroll 1
-            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
-                addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
+            int nParts = 0;
+            while (cta - 1 - nParts >= 0 && unitStart(cta - nParts) > tileStart) ++nParts;
+            addPartials<T>(acc, skPartial, skFlags, cta - 1, nParts, cw, tid);
         }
         if (seg + 1 < nSeg) {
             storeAccTile<T>(Y, acc, 1.f, M, N, n0 + 64 * cw + feat, m0 + 2 * t);  // a whole tile: the ring is busy
