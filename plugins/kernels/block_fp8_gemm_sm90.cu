@@ -1060,10 +1060,7 @@ __device__ __forceinline__ void publishPartial(const float (&acc)[T / 2], float*
         if (!(TRT_GEMMA4_SOL & 1024))  // (probe 1024: the flag without the partial, wrong results)
             __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
     namedBarrier(2 + cw, 128);
-    if (tid == 0) {
-        __threadfence();
-        stRelease(skFlags + 2 * cta + cw, 1);
-    }
+    if (tid == 0) stRelease(skFlags + 2 * cta + cw, 1);  // release: orders the warpgroup's stores (the barrier) first
 }
 // The owner's side: acc += CTA p's partial of warpgroup cw, once its flag is up.
 template <int T>
