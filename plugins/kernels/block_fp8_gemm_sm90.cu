@@ -1050,7 +1050,10 @@ __device__ __forceinline__ void waitPartial(int* flag, int tid, int cw) {
     namedBarrier(2 + cw, 128);
 }
 // A piece that does not end its tile (only ever a CTA's first): warpgroup cw's FP32 partial as [r / 4][tid][4] (one
-// coalesced 16-byte store per 4 values, read back by the same thread index on the owner's side), then its flag.
+// coalesced 16-byte store per 4 values, read back by the same thread index on the owner's side), then its flag by
+// one release store: the barrier orders every thread's stores before it and a release is cumulative (PTX memory
+// model; CUTLASS's Barrier::arrive_inc form), so the owner's acquire sees the partial. (A __threadfence before it,
+// MEMBAR.SC.GPU, measured 0.1 µs slower at M = 17-64 on qkv_global: bench/NOTES_gemm.md v29.)
 template <int T>
 __device__ __forceinline__ void publishPartial(const float (&acc)[T / 2], float* __restrict__ skPartial,
                                                int* __restrict__ skFlags, int cta, int cw, int tid) {
@@ -1060,7 +1063,7 @@ __device__ __forceinline__ void publishPartial(const float (&acc)[T / 2], float*
         if (!(TRT_GEMMA4_SOL & 1024))  // (probe 1024: the flag without the partial, wrong results)
             __stcg(P + q * 128, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
     namedBarrier(2 + cw, 128);
-    if (tid == 0) stRelease(skFlags + 2 * cta + cw, 1);  // release: orders the warpgroup's stores (the barrier) first
+    if (tid == 0) stRelease(skFlags + 2 * cta + cw, 1);
 }
 // The owner's side: acc += CTA p's partial of warpgroup cw, once its flag is up.
 template <int T>
