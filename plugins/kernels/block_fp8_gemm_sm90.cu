@@ -1128,6 +1128,7 @@ __device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __
 }
 #endif
 
+#ifdef TRT_GEMMA4_SM90A_DEVICE
 // U c / G for c = 0..G in 32-bit arithmetic: U c / G = q c + (r c) / G with U = q G + r (the launchers keep U below
 // 2^31, and r c < G^2 with G at most the SM count), so neither the CTAs' start-up nor an owner's walk over its
 // partners runs the GPU's 64-bit division routine.
@@ -1136,6 +1137,7 @@ struct EvenSplit {
     __device__ __forceinline__ EvenSplit(int units, int parts) : q(units / parts), r(units % parts), g(parts) {}
     __device__ __forceinline__ int operator()(int c) const { return q * c + r * c / g; }
 };
+#endif
 
 template <int T>
 __global__ void __launch_bounds__(384, 1)
