@@ -1126,9 +1126,6 @@ __device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __
         }
     }
 }
-#endif
-
-#ifdef TRT_GEMMA4_SM90A_DEVICE
 // U c / G for c = 0..G in 32-bit arithmetic: U c / G = q c + (r c) / G with U = q G + r (the launchers keep U below
 // 2^31, and r c < G^2 with G at most the SM count), so neither the CTAs' start-up nor an owner's walk over its
 // partners runs the GPU's 64-bit division routine.
