@@ -1037,18 +1037,6 @@ __device__ __forceinline__ int ldAcquire(const int* p) {
 __device__ __forceinline__ void stRelease(int* p, int v) {
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-// An owner warpgroup's wait for a partner's partial: one thread polls the flag (acquire) and clears it (its only
-// reader; the semaphores stay zero between calls), then the warpgroup's barrier orders every thread's reads of the
-// partial after that acquire (CUTLASS's Barrier::wait_eq form) instead of all 128 threads polling with
-// ld.acquire.gpu (the earlier form; the two were not timed apart: bench/NOTES_gemm.md v28).
-__device__ __forceinline__ void waitPartial(int* flag, int tid, int cw) {
-    if (tid == 0) {
-        while (ldAcquire(flag) == 0) {
-        }
-        *flag = 0;
-    }
-    namedBarrier(2 + cw, 128);
-}
 // A piece that does not end its tile (only ever a CTA's first): warpgroup cw's FP32 partial as [r / 4][tid][4] (one
 // coalesced 16-byte store per 4 values, read back by the same thread index on the owner's side), then its flag by
 // one release store: the barrier orders every thread's stores before it and a release is cumulative (PTX memory
@@ -1065,27 +1053,13 @@ __device__ __forceinline__ void publishPartial(const float (&acc)[T / 2], float*
     namedBarrier(2 + cw, 128);
     if (tid == 0) stRelease(skFlags + 2 * cta + cw, 1);
 }
-// The owner's side: acc += CTA p's partial of warpgroup cw, once its flag is up.
-template <int T>
-__device__ __forceinline__ void addPartial(float (&acc)[T / 2], const float* __restrict__ skPartial,
-                                           int* __restrict__ skFlags, int p, int cw, int tid) {
-    waitPartial(skFlags + 2 * p + cw, tid, cw);
-    if (TRT_GEMMA4_SOL & 512) return;  // (probe 512: the waits without reading the partials)
-    const float4* P =
-        reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
-#pragma unroll
-    for (int q = 0; q < T / 8; ++q) {
-        const float4 v = __ldcg(P + q * 128);
-        acc[4 * q] += v.x;
-        acc[4 * q + 1] += v.y;
-        acc[4 * q + 2] += v.z;
-        acc[4 * q + 3] += v.w;
-    }
-}
-// The token tiles' owner: acc += the partials of its nParts partners p = pNear, pNear - 1, ... (nearest first, the
-// order addPartial's callers take). Each partner's flag is polled by a thread of its own, so the warpgroup waits one
-// round trip to L2 for all of them instead of one per partner, and the partials are read two at a time (their loads
-// in flight together); each element takes the same additions in the same order as partner by partner: the same bits.
+// A tile's owner (both stream-K kernels): acc += the partials of its nParts partners p = pNear, pNear - 1, ...
+// (the lower-index CTAs that took its earlier k-blocks, nearest first). Each partner's flag is polled by a thread of
+// its own (acquire), which clears it (its only reader: the semaphores stay zero between calls); then the warpgroup's
+// barrier orders every thread's reads of the partials after those acquires (CUTLASS's Barrier::wait_eq form). So the
+// warpgroup waits one round trip to L2 for all its partners instead of one per partner, and the token tiles (T <= 128)
+// read the partials two at a time (their loads in flight together); each element takes the same additions in the
+// same order as partner by partner, so the same bits (bench/NOTES_gemm.md v29).
 template <int T>
 __device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __restrict__ skPartial,
                                             int* __restrict__ skFlags, int pNear, int nParts, int cw, int tid) {
@@ -1101,10 +1075,11 @@ __device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __
     auto part = [&](int p) {
         return reinterpret_cast<const float4*>(skPartial + (static_cast<size_t>(p) * 2 + cw) * (T / 2) * 128) + tid;
     };
+    constexpr int kStep = T <= 128 ? 2 : 1;  // the 256-token tile's 128 accumulators leave no room for a pair
 #pragma unroll 1
-    for (int i = 0; i < nParts; i += 2) {
+    for (int i = 0; i < nParts; i += kStep) {
         const float4* P = part(pNear - i);
-        if (i + 1 < nParts) {
+        if (kStep == 2 && i + 1 < nParts) {
             const float4* Q = part(pNear - i - 1);
 #pragma unroll
             for (int q = 0; q < T / 8; ++q) {
@@ -1254,9 +1229,9 @@ __global__ void __launch_bounds__(384, 1)
             // The tile's last piece (this CTA's last segment): add the partials of the LOWER-index CTAs that took
             // its earlier k-blocks, nearest first.
             const int tileStart = tile * kBlocks;
-#pragma unroll 1
-            for (int p = cta - 1; p >= 0 && unitStart(p + 1) > tileStart; --p)
-                addPartial<T>(acc, skPartial, skFlags, p, cw, tid);
+            int nParts = 0;
+            while (cta - 1 - nParts >= 0 && unitStart(cta - nParts) > tileStart) ++nParts;
+            addPartials<T>(acc, skPartial, skFlags, cta - 1, nParts, cw, tid);
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
         // a warp's store covers 4 tokens x 8 consecutive features (16 bytes each); the next tile's loads are
