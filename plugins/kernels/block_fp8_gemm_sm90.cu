@@ -697,46 +697,34 @@ __global__ void __launch_bounds__(384, 1)
                 }
             }
         } else {
-            // Two pieces per thread at a time: all splits' loads of both issued before the first add (one distributed
-            // shared-memory round trip per two pieces), then each summed in split order (the reduce pass's order, so
-            // the same bits); pieces past the share are neither loaded nor stored. (One piece at a time with the
-            // relaxed last barrier: H200 1-4.5% faster than the loads one split at a time with the release barrier,
-            // bench/NOTES_gemm.md v24; eight at a time measured slower, v23.)
-            constexpr int kPair = 2;
 #pragma unroll 1
-            for (int p0 = z * share + cw * 128 + tid; p0 < end; p0 += 256 * kPair) {
-                float4 u[kPair][8];  // nz <= 8: the launcher takes cluster split-K of 2..8 splits only
+            for (int p = z * share + cw * 128 + tid; p < end; p += 256) {
+                const int tok = p / (ROWS / 4), q = p % (ROWS / 4);
+                const uint32_t a = base + static_cast<uint32_t>((tok * Sh::CLU_PITCH + 4 * q) * 4);
+                // All splits' loads of the piece issued before the first add, then summed in split order (with the
+                // relaxed last barrier below: H200 1-4.5% faster than the loads one split at a time with the release
+                // barrier; this part alone measured within noise, bench/NOTES_gemm.md v24).
+                float4 u[8];  // nz <= 8: the launcher takes cluster split-K of 2..8 splits only
 #pragma unroll
-                for (int b = 0; b < kPair; ++b) {
-                    const int p = p0 + 256 * b;
-                    const uint32_t a =
-                        base + static_cast<uint32_t>(((p / (ROWS / 4)) * Sh::CLU_PITCH + 4 * (p % (ROWS / 4))) * 4);
+                for (int r = 0; r < 8; ++r)
+                    if (r < nz) u[r] = ldsCluster128(clusterMapShared(a, r));
+                float4 v = u[0];
 #pragma unroll
-                    for (int r = 0; r < 8; ++r)
-                        if (r < nz && p < end) u[b][r] = ldsCluster128(clusterMapShared(a, r));
+                for (int r = 1; r < 8; ++r) {
+                    if (r < nz) {
+                        v.x += u[r].x;
+                        v.y += u[r].y;
+                        v.z += u[r].z;
+                        v.w += u[r].w;
+                    }
                 }
-#pragma unroll
-                for (int b = 0; b < kPair; ++b) {
-                    const int p = p0 + 256 * b;
-                    if (p >= end) continue;
-                    float4 v = u[b][0];
-#pragma unroll
-                    for (int r = 1; r < 8; ++r) {
-                        if (r < nz) {
-                            v.x += u[b][r].x;
-                            v.y += u[b][r].y;
-                            v.z += u[b][r].z;
-                            v.w += u[b][r].w;
-                        }
-                    }
-                    const int m = m0 + p / (ROWS / 4), n = n0 + 4 * (p % (ROWS / 4));
-                    if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
-                        const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-                        uint2 out;
-                        out.x = *reinterpret_cast<const uint32_t*>(&lo);
-                        out.y = *reinterpret_cast<const uint32_t*>(&hi);
-                        *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
-                    }
+                const int m = m0 + tok, n = n0 + 4 * q;
+                if (m < M && n < N) {  // N % 16 == 0: a 4-feature piece is all in or all out
+                    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+                    uint2 out;
+                    out.x = *reinterpret_cast<const uint32_t*>(&lo);
+                    out.y = *reinterpret_cast<const uint32_t*>(&hi);
+                    *reinterpret_cast<uint2*>(Y + static_cast<size_t>(m) * N + n) = out;
                 }
             }
         }
