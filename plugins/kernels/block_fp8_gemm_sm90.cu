@@ -1101,6 +1101,14 @@ __device__ __forceinline__ void addPartials(float (&acc)[T / 2], const float* __
         }
     }
 }
+// How many lower-index CTAs took k-blocks of the tile that starts at unit tileStart and ends in CTA cta's range
+// (unitStart(c): the first unit of CTA c): the owner's partners, cta - 1, cta - 2, ...
+template <class UnitStart>
+__device__ __forceinline__ int partnerCount(int cta, int tileStart, const UnitStart& unitStart) {
+    int n = 0;
+    while (cta - 1 - n >= 0 && unitStart(cta - n) > tileStart) ++n;
+    return n;
+}
 // U c / G for c = 0..G in 32-bit arithmetic: U c / G = q c + (r c) / G with U = q G + r (the launchers keep U below
 // 2^31, and r c < G^2 with G at most the SM count), so neither the CTAs' start-up nor an owner's walk over its
 // partners runs the GPU's 64-bit division routine.
@@ -1228,9 +1236,7 @@ __global__ void __launch_bounds__(384, 1)
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last segment): add the partials of the LOWER-index CTAs that took
             // its earlier k-blocks, nearest first.
-            const int tileStart = tile * kBlocks;
-            int nParts = 0;
-            while (cta - 1 - nParts >= 0 && unitStart(cta - nParts) > tileStart) ++nParts;
+            const int nParts = partnerCount(cta, tile * kBlocks, unitStart);
             addPartials<T>(acc, skPartial, skFlags, cta - 1, nParts, cw, tid);
         }
         // Store straight from the accumulator (acc[4j + {0,1,2,3}] = row 16 w4 + g (+8), token 8j + 2t (+1)):
@@ -1406,9 +1412,7 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (kb0 > 0 && !(TRT_GEMMA4_SOL & (8 | 256))) {  // (probe 256: no waits and no partials read)
             // The tile's last piece (this CTA's last): add the LOWER-index CTAs' partials of it, nearest first.
-            const int tileStart = tile * kBlocks;
-            int nParts = 0;
-            while (cta - 1 - nParts >= 0 && unitStart(cta - nParts) > tileStart) ++nParts;
+            const int nParts = partnerCount(cta, tile * kBlocks, unitStart);
             addPartials<T>(acc, skPartial, skFlags, cta - 1, nParts, cw, tid);
         }
         if (seg + 1 < nSeg) {
